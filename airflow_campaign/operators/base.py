@@ -1,0 +1,125 @@
+"""What every campaign operator shares: the connection, run identity, outputs and on_empty."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar, get_args
+
+import psycopg
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+from psycopg import sql
+
+from airflow_campaign.errors import CampaignError
+from airflow_campaign.hooks.campaign import STAGING_SCHEMA, CampaignHook, staging_table_name
+from airflow_campaign.population import Population
+
+OnEmpty = Literal["skip", "continue", "fail"]
+T = TypeVar("T")
+
+
+def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise at DAG-parse time when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise CampaignError(f"{option}={value!r} is not valid; use one of {list(choices)}.")
+
+
+def literal_choices(literal: Any) -> tuple[Any, ...]:
+    return get_args(literal)
+
+
+def run_identity(context: Any) -> dict[str, Any]:
+    """dag_id, task_id, run_id and map_index of the running task instance."""
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", -1)
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "map_index": -1 if map_index is None else int(map_index),
+    }
+
+
+@contextmanager
+def sql_errors(option: str) -> Iterator[None]:
+    """Turn a database error raised by user-written SQL into a CampaignError naming ``option``."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        diag = exc.diag
+        detail = diag.message_primary or str(exc).strip()
+        hint = f" Hint: {diag.message_hint}." if diag.message_hint else ""
+        raise CampaignError(
+            f"{option}: the database rejected the SQL ({type(exc).__name__}: {detail}).{hint} "
+            "Nothing was written; fix the option and clear the task."
+        ) from exc
+
+
+class CampaignBaseOperator(BaseOperator):
+    """Base of every campaign operator.
+
+    :param campaign_conn_id: Airflow connection (type postgres) to the campaign database.
+    :param on_empty: when the result has no rows: ``"continue"`` (default: pass the empty
+        population on), ``"skip"`` (mark this task skipped) or ``"fail"``.
+    """
+
+    ui_color = "#e3ecfa"
+
+    def __init__(
+        self, *, campaign_conn_id: str = "campaign_default", on_empty: OnEmpty = "continue", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("on_empty", on_empty, literal_choices(OnEmpty))
+        self.campaign_conn_id = campaign_conn_id
+        self.on_empty = on_empty
+
+    def get_hook(self) -> CampaignHook:
+        return CampaignHook(campaign_conn_id=self.campaign_conn_id)
+
+    def save(
+        self,
+        conn: psycopg.Connection,
+        context: Any,
+        select: sql.Composable,
+        *,
+        key: str,
+        resource: str | None,
+        params: Any = None,
+        suffix: str = "",
+        option: str = "sql",
+    ) -> Population:
+        """Materialise ``select`` as this task's staging table and describe it as a Population."""
+        identity = run_identity(context)
+        name = staging_table_name(suffix=suffix, **identity)
+        with sql_errors(option):
+            count = CampaignHook.replace_table(conn, name, select, params, identity=identity)
+        table = f"{STAGING_SCHEMA}.{name}"
+        columns = [c for c, _ in CampaignHook.columns_of(conn, table)]
+        if key not in columns:
+            raise CampaignError(
+                f"{option}: the result has no key column {key!r} (columns: {columns}); select it."
+            )
+        return Population(kind="table", table=table, key=key, resource=resource, columns=columns, count=count)
+
+    def check_empty(self, population: Population, what: str = "result") -> None:
+        """Apply ``on_empty`` (call inside the transaction so 'skip' and 'fail' write nothing)."""
+        if population.count:
+            return
+        if self.on_empty == "skip":
+            raise AirflowSkipException(f"{self.task_id}: the {what} is empty (on_empty='skip').")
+        if self.on_empty == "fail":
+            raise CampaignError(f"{self.task_id}: the {what} is empty and on_empty='fail'.")
+
+    def inputs(self, conn: psycopg.Connection, values: Sequence[Any], option: str) -> list[tuple[Population, sql.Composable]]:
+        """Coerce and bind each input population, checking they exist."""
+        out = []
+        for i, value in enumerate(values):
+            label = f"{option}[{i}]" if len(values) > 1 else option
+            pop = Population.from_value(value, label)
+            out.append((pop, pop.bind(conn, label)))
+        return out
+
+    def run_in_transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
+        with self.get_hook().transaction() as conn:
+            return work(conn)

@@ -1,0 +1,837 @@
+"""Targeting operators: build populations with set-based SQL in the campaign database."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from airflow_campaign.errors import CampaignError
+from airflow_campaign.files import FORMATS, LINE_COLUMN, infer_format, load_raw
+from airflow_campaign.hooks.campaign import CampaignHook
+from airflow_campaign.operators.base import (
+    CampaignBaseOperator,
+    check_choice,
+    literal_choices,
+    run_identity,
+    sql_errors,
+)
+from airflow_campaign.population import Population
+from airflow_campaign.resources import Resource
+
+_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+
+
+def _idents(names: Sequence[str], alias: str | None = None) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, n) if alias else sql.Identifier(n) for n in names)
+
+
+def _key_is_unique(conn: psycopg.Connection, table: str, key: str) -> bool:
+    """True when ``key`` alone is the primary key or a unique index of ``table``."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a"
+        " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1 AND a.attname = %s)",
+        (sql.SQL(".").join(sql.Identifier(p) for p in table.split(".", 1)).as_string(conn), key),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _same_resource(pops: Sequence[Population], option: str) -> None:
+    first = pops[0]
+    for i, pop in enumerate(pops[1:], start=1):
+        if (pop.resource, pop.key) != (first.resource, first.key):
+            raise CampaignError(
+                f"{option}[{i}] is a population of resource {pop.resource!r} (key {pop.key!r}), not "
+                f"{first.resource!r} (key {first.key!r}); combine populations of one resource, or "
+                "compare by columns with on=[...]."
+            )
+
+
+def _check_columns(option: str, names: Sequence[str], available: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise CampaignError(f"{option}: unknown column(s) {unknown}; available: {list(available)}.")
+
+
+class QueryOperator(CampaignBaseOperator):
+    """Select profiles (or rows of any resource) into a population.
+
+    :param resource: ``"profiles"`` (default) or ``"schema.table"`` of a user table.
+    :param key: key column of the resource (default ``id``).
+    :param where: SQL condition on the resource's columns (templated), e.g.
+        ``"country = 'FR' AND birth_date IS NOT NULL"``.
+    :param columns: resource columns to carry in the population (the key is always included).
+    :param additional: extra SQL select list, e.g. ``"date_part('year', birth_date) AS birth_year"``.
+    :param distinct: drop duplicate rows (skipped when the key is already unique in the resource).
+    :param limit: keep at most this many rows (ordered by ``order_by``, default the key).
+    :param order_by: SQL ORDER BY list used with ``limit``.
+    :param sql: a whole SELECT instead of ``where``/``columns``; it must return the key column.
+    :param parameters: values for ``%(name)s`` placeholders in ``where`` or ``sql``.
+    """
+
+    template_fields: Sequence[str] = ("resource", "where", "columns", "additional", "sql", "parameters", "order_by")
+    template_ext: Sequence[str] = (".sql",)
+
+    def __init__(
+        self,
+        *,
+        resource: str = "profiles",
+        key: str | None = None,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        additional: str | None = None,
+        distinct: bool = True,
+        limit: int | None = None,
+        order_by: str | None = None,
+        sql: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if sql and (where or columns or additional):
+            raise CampaignError("sql= is a whole SELECT: do not combine it with where=, columns= or additional=.")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise CampaignError(f"limit={limit!r}: give a whole number >= 0, or None for no limit.")
+        self.resource = resource
+        self.key = key
+        self.where = where
+        self.columns = list(columns or [])
+        self.additional = additional
+        self.distinct = distinct
+        self.limit = limit
+        self.order_by = order_by
+        self.sql = sql
+        self.parameters = parameters
+
+    def user_sql_option(self) -> str:
+        return "sql" if self.sql else "/".join(o for o in ("where", "additional", "order_by") if getattr(self, o)) or "where"
+
+    def select_statement(self, conn: psycopg.Connection, resource: Resource, context: Any) -> sql.Composable:
+        """The SELECT that defines this query's population."""
+        if self.sql:
+            query: sql.Composable = sql.SQL("SELECT DISTINCT * FROM ({}) q" if self.distinct else "SELECT * FROM ({}) q").format(
+                sql.SQL(self.sql.strip().rstrip(";"))
+            )
+            return self._limited(query)
+        resource.check_columns("columns", self.columns)
+        names = [resource.key] + [c for c in self.columns if c != resource.key]
+        select_list: list[sql.Composable] = [_idents(names, "r")]
+        if self.additional:
+            select_list.append(sql.SQL(self.additional))
+        conditions = self.conditions(conn, resource, context)
+        distinct = self.distinct and (bool(self.additional) or not _key_is_unique(conn, resource.table, resource.key))
+        query = sql.SQL("SELECT {distinct}{select} FROM {table} r{where}").format(
+            distinct=sql.SQL("DISTINCT " if distinct else ""),
+            select=sql.SQL(", ").join(select_list),
+            table=resource.ident,
+            where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL(""),
+        )
+        return self._limited(query, resource.key)
+
+    def conditions(self, conn: psycopg.Connection, resource: Resource, context: Any) -> list[sql.Composable]:
+        return [sql.SQL("({})").format(sql.SQL(self.where))] if self.where else []
+
+    def _limited(self, query: sql.Composable, key: str | None = None) -> sql.Composable:
+        if self.limit is None:
+            return query
+        order = sql.SQL(self.order_by) if self.order_by else (sql.Identifier(key) if key else sql.SQL("1"))
+        return sql.SQL("SELECT * FROM ({}) l ORDER BY {} LIMIT {}").format(query, order, sql.Literal(self.limit))
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        def work(conn: psycopg.Connection) -> Population:
+            resource = Resource.resolve(conn, self.resource, self.key)
+            select = self.select_statement(conn, resource, context)
+            pop = self.save(
+                conn, context, select, key=resource.key, resource=resource.name,
+                params=self.parameters, option=self.user_sql_option(),
+            )
+            self.after_save(conn, pop, resource, context)
+            self.check_empty(pop)
+            return pop
+
+        pop = self.run_in_transaction(work)
+        self.log.info("%s: %d rows of %s into %s", self.task_id, pop.count, pop.resource, pop.table)
+        return pop.to_dict()
+
+    def after_save(self, conn: psycopg.Connection, pop: Population, resource: Resource, context: Any) -> None:
+        """Hook for subclasses, run in the same transaction as the save."""
+
+
+IncrementalMode = Literal["exclude", "watermark"]
+
+
+class IncrementalQueryOperator(QueryOperator):
+    """A query that remembers what it returned in earlier runs of the same task.
+
+    :param mode: ``"exclude"`` drops every row returned by an earlier run of this task;
+        ``"watermark"`` keeps rows whose ``date_column`` is after the stored watermark, then
+        moves the watermark to the newest date returned.
+    :param date_column: resource column compared with the watermark (mode ``"watermark"``).
+    :param initial_watermark: lower bound of the first run (ISO timestamp; default: no bound).
+
+    A retried try of the same run sees the same history as the first try did. Inspect, edit
+    or reset the state with ``airflow-campaign incremental show|set|reset``.
+    All other parameters are those of :class:`QueryOperator`.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: IncrementalMode = "exclude",
+        date_column: str | None = None,
+        initial_watermark: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("mode", mode, literal_choices(IncrementalMode))
+        if mode == "watermark" and not date_column:
+            raise CampaignError("mode='watermark' needs date_column= naming a timestamp or date column.")
+        if self.sql:
+            raise CampaignError("IncrementalQueryOperator works on a resource: use where=, not sql=.")
+        self.mode = mode
+        self.date_column = date_column
+        self.initial_watermark = initial_watermark
+        self._lower: Any = None
+
+    def conditions(self, conn: psycopg.Connection, resource: Resource, context: Any) -> list[sql.Composable]:
+        conds = super().conditions(conn, resource, context)
+        ident = run_identity(context)
+        if self.mode == "exclude":
+            conn.execute(
+                "DELETE FROM campaign.incremental_history WHERE dag_id = %s AND task_id = %s AND run_id = %s",
+                (ident["dag_id"], ident["task_id"], ident["run_id"]),
+            )
+            conds.append(
+                sql.SQL(
+                    "NOT EXISTS (SELECT 1 FROM campaign.incremental_history h WHERE h.dag_id = {} "
+                    "AND h.task_id = {} AND h.member_key = r.{}::text)"
+                ).format(sql.Literal(ident["dag_id"]), sql.Literal(ident["task_id"]), sql.Identifier(resource.key))
+            )
+            return conds
+        assert self.date_column
+        resource.check_columns("date_column", [self.date_column])
+        row = conn.execute(
+            "SELECT watermark, previous_watermark, last_run_id FROM campaign.incremental_state"
+            " WHERE dag_id = %s AND task_id = %s FOR UPDATE",
+            (ident["dag_id"], ident["task_id"]),
+        ).fetchone()
+        if row is None:
+            lower = self.initial_watermark
+        else:
+            lower = row[1] if row[2] == ident["run_id"] else row[0]
+        self._lower = lower
+        if lower is not None:
+            conds.append(
+                sql.SQL("r.{} > {}::timestamptz").format(sql.Identifier(self.date_column), sql.Literal(str(lower)))
+            )
+        return conds
+
+    def select_statement(self, conn: psycopg.Connection, resource: Resource, context: Any) -> sql.Composable:
+        if self.mode == "watermark" and self.date_column and self.date_column not in self.columns:
+            self.columns = [*self.columns, self.date_column]
+        return super().select_statement(conn, resource, context)
+
+    def after_save(self, conn: psycopg.Connection, pop: Population, resource: Resource, context: Any) -> None:
+        ident = run_identity(context)
+        table = sql.SQL(".").join(sql.Identifier(p) for p in (pop.table or "").split(".", 1))
+        if self.mode == "exclude":
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO campaign.incremental_history (dag_id, task_id, member_key, run_id) "
+                    "SELECT {}, {}, {}::text, {} FROM {} ON CONFLICT DO NOTHING"
+                ).format(
+                    sql.Literal(ident["dag_id"]), sql.Literal(ident["task_id"]), sql.Identifier(resource.key),
+                    sql.Literal(ident["run_id"]), table,
+                )
+            )
+            return
+        newest = conn.execute(
+            sql.SQL("SELECT max({})::timestamptz FROM {}").format(sql.Identifier(self.date_column or ""), table)
+        ).fetchone()
+        watermark = newest[0] if newest and newest[0] is not None else self._lower
+        conn.execute(
+            "INSERT INTO campaign.incremental_state AS s (dag_id, task_id, watermark, previous_watermark, last_run_id)"
+            " VALUES (%s, %s, %s::timestamptz, %s::timestamptz, %s)"
+            " ON CONFLICT (dag_id, task_id) DO UPDATE SET watermark = EXCLUDED.watermark,"
+            " previous_watermark = EXCLUDED.previous_watermark, last_run_id = EXCLUDED.last_run_id, updated_at = now()",
+            (ident["dag_id"], ident["task_id"], watermark, self._lower, ident["run_id"]),
+        )
+        self.log.info("%s: watermark %s -> %s", self.task_id, self._lower, watermark)
+
+
+class ReadAudienceOperator(CampaignBaseOperator):
+    """Read a saved audience (list or file) as a population of its resource.
+
+    :param audience: the audience's name (templated).
+    :param columns: resource columns to carry (the key is always included).
+    :param aws_conn_id: AWS connection for file audiences stored on s3://.
+    """
+
+    template_fields: Sequence[str] = ("audience", "columns")
+
+    def __init__(
+        self,
+        *,
+        audience: str,
+        columns: Sequence[str] | None = None,
+        aws_conn_id: str | None = "aws_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.audience = audience
+        self.columns = list(columns or [])
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        def work(conn: psycopg.Connection) -> Population:
+            row = conn.execute(
+                "SELECT id, type, resource, key_column, file_uri, file_format FROM campaign.audiences WHERE name = %s",
+                (self.audience,),
+            ).fetchone()
+            if row is None:
+                known = [r[0] for r in conn.execute("SELECT name FROM campaign.audiences ORDER BY name LIMIT 20")]
+                raise CampaignError(f"audience={self.audience!r} does not exist; known audiences: {known}.")
+            audience_id, kind, resource_name, key_column, file_uri, file_format = row
+            resource = Resource.resolve(conn, resource_name, key_column)
+            resource.check_columns("columns", self.columns)
+            names = [resource.key] + [c for c in self.columns if c != resource.key]
+            key_type = sql.SQL(resource.columns[resource.key])
+            if kind == "list":
+                source = sql.SQL("campaign.audience_members m WHERE m.audience_id = {} AND").format(sql.Literal(audience_id))
+                member = sql.SQL("m.member_key")
+            else:
+                raw, file_columns, _ = load_raw(
+                    conn, file_uri, format=file_format or infer_format(file_uri), aws_conn_id=self.aws_conn_id
+                )
+                if key_column not in file_columns:
+                    raise CampaignError(
+                        f"audience={self.audience!r}: its file {file_uri} has no key column {key_column!r}."
+                    )
+                source = sql.SQL("{} m WHERE").format(sql.Identifier(raw))
+                member = sql.SQL("m.{}").format(sql.Identifier(key_column))
+            select = sql.SQL(
+                "SELECT {cols} FROM {table} r WHERE r.{key} IN (SELECT {member}::{type} FROM {source} {member} IS NOT NULL)"
+            ).format(
+                cols=_idents(names, "r"), table=resource.ident, key=sql.Identifier(resource.key),
+                member=member, type=key_type, source=source,
+            )
+            pop = self.save(conn, context, select, key=resource.key, resource=resource.name, option="audience")
+            self.check_empty(pop, f"audience {self.audience!r}")
+            return pop
+
+        pop = self.run_in_transaction(work)
+        self.log.info("%s: audience %r has %d members", self.task_id, self.audience, pop.count)
+        return pop.to_dict()
+
+
+Unmatched = Literal["reject", "keep"]
+OnReject = Literal["output", "fail"]
+
+
+class LoadFileOperator(CampaignBaseOperator):
+    """Load a file (local or s3://; CSV, TSV, JSONL or Parquet, optionally .gz) as a population.
+
+    :param path: local path or ``s3://bucket/key`` (templated, e.g. ``/in/{{ ds_nodash }}.csv``).
+    :param format: ``csv``, ``tsv``, ``jsonl`` or ``parquet``; inferred from the extension when None.
+    :param columns: the file's columns (needed when a CSV has no header; otherwise a subset check).
+    :param types: ``{column: postgres type}``, e.g. ``{"points": "integer"}``; others stay text
+        (Parquet columns keep their own types).
+    :param header: whether a CSV/TSV file starts with a header line.
+    :param delimiter: field delimiter of CSV/TSV (default ``,`` / tab).
+    :param encoding: ``utf-8`` (default) or ``latin-1``.
+    :param reconcile_on: match rows with the resource: a column name present in both, or
+        ``{file_column: resource_column}``. The population then carries the resource's key.
+    :param resource: the resource to reconcile with (default ``profiles``).
+    :param unmatched: ``"reject"`` (default) or ``"keep"`` rows that match no resource row
+        (kept rows have a NULL key).
+    :param key: when not reconciling, the file column that identifies a row (default: the first).
+    :param on_reject: ``"output"`` (default: rejects become a second population, XCom key
+        ``rejects``) or ``"fail"`` (any reject fails the task, nothing is written).
+    :param aws_conn_id: AWS connection for s3:// paths.
+
+    Rows are rejected with a reason when a value does not convert to its type (PostgreSQL 16
+    or newer), when they match no resource row, or when they match several.
+    """
+
+    template_fields: Sequence[str] = ("path", "columns", "reconcile_on", "types")
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        format: str | None = None,
+        columns: Sequence[str] | None = None,
+        types: dict[str, str] | None = None,
+        header: bool = True,
+        delimiter: str | None = None,
+        encoding: str = "utf-8",
+        reconcile_on: str | dict[str, str] | None = None,
+        resource: str = "profiles",
+        unmatched: Unmatched = "reject",
+        key: str | None = None,
+        on_reject: OnReject = "output",
+        aws_conn_id: str | None = "aws_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if format is not None:
+            check_choice("format", format, FORMATS)
+        check_choice("unmatched", unmatched, literal_choices(Unmatched))
+        check_choice("on_reject", on_reject, literal_choices(OnReject))
+        self.path = path
+        self.format = format
+        self.columns = list(columns) if columns else None
+        self.types = dict(types or {})
+        self.header = header
+        self.delimiter = delimiter
+        self.encoding = encoding
+        self.reconcile_on = reconcile_on
+        self.resource = resource
+        self.unmatched = unmatched
+        self.key = key
+        self.on_reject = on_reject
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        result = self.run_in_transaction(lambda conn: self._load(conn, context))
+        pop, rejects = result
+        self.log.info("%s: loaded %d rows from %s, %d rejected", self.task_id, pop.count, self.path, rejects.count)
+        context["ti"].xcom_push(key="rejects", value=rejects.to_dict())
+        return pop.to_dict()
+
+    def _load(self, conn: psycopg.Connection, context: Any) -> tuple[Population, Population]:
+        fmt = self.format or infer_format(self.path)
+        raw, file_columns, file_types = load_raw(
+            conn, self.path, format=fmt, columns=self.columns, header=self.header,
+            delimiter=self.delimiter, encoding=self.encoding, aws_conn_id=self.aws_conn_id,
+        )
+        wanted = self.columns or file_columns
+        _check_columns("types", list(self.types), wanted)
+        types = {c: self.types.get(c) or file_types.get(c) or "text" for c in wanted}
+        check_types = conn.info.server_version >= 160000
+        f = sql.Identifier("f")
+        invalid = [
+            (c, sql.SQL("NOT pg_input_is_valid({}.{}, {})").format(f, sql.Identifier(c), sql.Literal(t)))
+            for c, t in types.items() if t != "text" and check_types
+        ]
+        reasons: list[tuple[sql.Composable, sql.Composable]] = [
+            (cond, sql.Literal(f"invalid {c}")) for c, cond in invalid
+        ]
+        typed = [sql.SQL("{}.{}::{} AS {}").format(f, sql.Identifier(c), sql.SQL(t), sql.Identifier(c))
+                 for c, t in types.items()]
+        if self.reconcile_on:
+            mapping = self.reconcile_on if isinstance(self.reconcile_on, dict) else {self.reconcile_on: self.reconcile_on}
+            _check_columns("reconcile_on", list(mapping), wanted)
+            resource = Resource.resolve(conn, self.resource)
+            resource.check_columns("reconcile_on", list(mapping.values()))
+            join_on = sql.SQL(" AND ").join(
+                sql.SQL("r.{} = {}.{}::{}").format(
+                    sql.Identifier(rc), f, sql.Identifier(fc), sql.SQL(resource.columns[rc])
+                ) for fc, rc in mapping.items()
+            )
+            valid = sql.SQL(" AND ").join([sql.SQL("NOT ({})").format(c) for _, c in invalid] or [sql.SQL("true")])
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE file_matches ON COMMIT DROP AS SELECT f.{line} AS line, r.{key} AS key,"
+                    " count(*) OVER (PARTITION BY f.{line}) AS n FROM {raw} f JOIN {res} r ON {on} WHERE {valid}"
+                ).format(line=sql.Identifier(LINE_COLUMN), key=sql.Identifier(resource.key),
+                         raw=sql.Identifier(raw), res=resource.ident, on=join_on, valid=valid)
+            )
+            m = sql.SQL("(SELECT key FROM file_matches m WHERE m.line = f.{} AND m.n = 1)").format(
+                sql.Identifier(LINE_COLUMN))
+            file_cols = [c for c in wanted if c != resource.key]
+            keep = [t for c, t in zip(types, typed, strict=True) if c in file_cols]
+            reasons += [
+                (sql.SQL("EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{} AND m.n > 1)").format(
+                    sql.Identifier(LINE_COLUMN)), sql.Literal("ambiguous: matches several rows")),
+            ]
+            if self.unmatched == "reject":
+                reasons.append((sql.SQL("NOT EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{})").format(
+                    sql.Identifier(LINE_COLUMN)), sql.Literal("unmatched")))
+            key, resource_name = resource.key, resource.name
+            select_list = sql.SQL(", ").join([sql.SQL("{} AS {}").format(m, sql.Identifier(resource.key)), *keep])
+        else:
+            key = self.key or wanted[0]
+            _check_columns("key", [key], wanted)
+            resource_name = None
+            select_list = sql.SQL(", ").join(typed)
+        reason_expr = sql.SQL("CASE {} END").format(
+            sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c, r) for c, r in reasons)
+        ) if reasons else sql.SQL("NULL::text")
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE file_checked ON COMMIT DROP AS SELECT f.*, {} AS reject_reason FROM {} f").format(
+                reason_expr, sql.Identifier(raw))
+        )
+        rejected = sql.SQL("SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL").format(
+            line=sql.Identifier(LINE_COLUMN), cols=_idents(wanted))
+        rejects = self.save(conn, context, rejected, key=LINE_COLUMN, resource=None, suffix="rejects", option="path")
+        if rejects.count and self.on_reject == "fail":
+            sample = conn.execute(
+                sql.SQL("SELECT {}, reject_reason FROM file_checked WHERE reject_reason IS NOT NULL ORDER BY 1 LIMIT 5").format(
+                    sql.Identifier(LINE_COLUMN))
+            ).fetchall()
+            raise CampaignError(
+                f"path={self.path!r}: {rejects.count} row(s) rejected and on_reject='fail' "
+                f"(first: {', '.join(f'row {n}: {r}' for n, r in sample)}). Nothing was written."
+            )
+        accepted = sql.SQL("SELECT {} FROM file_checked f WHERE reject_reason IS NULL ORDER BY f.{}").format(
+            select_list, sql.Identifier(LINE_COLUMN))
+        pop = self.save(conn, context, accepted, key=key, resource=resource_name, option="path")
+        self.check_empty(pop, f"file {self.path}")
+        return pop, rejects
+
+
+class _CombineOperator(CampaignBaseOperator):
+    """Shared by the set operations: inputs of one resource compared by key or by columns."""
+
+    template_fields: Sequence[str] = ("populations", "on")
+
+    def __init__(self, *, populations: Sequence[Any], on: Sequence[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.populations = populations
+        self.on = list(on) if on else None
+
+    def compare_columns(self, pops: Sequence[Population], option: str) -> list[str]:
+        if self.on is None:
+            _same_resource(pops, option)
+            return [pops[0].key]
+        for i, pop in enumerate(pops):
+            _check_columns(f"on (in {option}[{i}])", self.on, pop.columns)
+        return self.on
+
+    @staticmethod
+    def matches(left: str, right: str, on: Sequence[str]) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right), sql.Identifier(c))
+            for c in on
+        )
+
+    def finish(self, conn: psycopg.Connection, context: Any, select: sql.Composable, first: Population) -> Population:
+        pop = self.save(conn, context, select, key=first.key, resource=first.resource, option="populations")
+        self.check_empty(pop)
+        return pop
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        pop = self.run_in_transaction(lambda conn: self.combine(conn, context))
+        self.log.info("%s: %d rows into %s", self.task_id, pop.count, pop.table)
+        return pop.to_dict()
+
+    def combine(self, conn: psycopg.Connection, context: Any) -> Population:
+        raise NotImplementedError
+
+
+class UnionOperator(_CombineOperator):
+    """Rows in any of ``populations``; a row found in several keeps the first input's values.
+
+    :param populations: two or more populations of one resource.
+    :param on: compare by these columns instead of the key.
+    :param limit: cap the result size (rows ordered by the compared columns).
+
+    The result carries the columns common to every input, in the first input's order.
+    """
+
+    def __init__(self, *, populations: Sequence[Any], on: Sequence[str] | None = None, limit: int | None = None, **kwargs: Any) -> None:
+        super().__init__(populations=populations, on=on, **kwargs)
+        self.limit = limit
+
+    def combine(self, conn: psycopg.Connection, context: Any) -> Population:
+        bound = self.inputs(conn, list(self.populations), "populations")
+        pops = [p for p, _ in bound]
+        on = self.compare_columns(pops, "populations")
+        common = [c for c in pops[0].columns if all(c in p.columns for p in pops[1:])]
+        parts = [
+            sql.SQL("SELECT {} AS _src, {} FROM {}").format(sql.Literal(i), _idents(common), rel)
+            for i, (_, rel) in enumerate(bound)
+        ]
+        select = sql.SQL("SELECT DISTINCT ON ({on}) {cols} FROM ({parts}) u ORDER BY {on}, _src{limit}").format(
+            on=_idents(on), cols=_idents(common), parts=sql.SQL(" UNION ALL ").join(parts),
+            limit=sql.SQL(" LIMIT {}").format(sql.Literal(self.limit)) if self.limit is not None else sql.SQL(""),
+        )
+        return self.finish(conn, context, select, pops[0])
+
+
+class IntersectionOperator(_CombineOperator):
+    """Rows of the first population whose key (or ``on`` columns) is in every other one.
+
+    :param populations: two or more populations of one resource.
+    :param on: compare by these columns instead of the key.
+    """
+
+    def combine(self, conn: psycopg.Connection, context: Any) -> Population:
+        bound = self.inputs(conn, list(self.populations), "populations")
+        pops = [p for p, _ in bound]
+        on = self.compare_columns(pops, "populations")
+        exists = [
+            sql.SQL("EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on))
+            for i, (_, rel) in enumerate(bound[1:], start=1)
+        ]
+        select = sql.SQL("SELECT p.* FROM {} p WHERE {}").format(bound[0][1], sql.SQL(" AND ").join(exists))
+        return self.finish(conn, context, select, pops[0])
+
+
+class ExclusionOperator(_CombineOperator):
+    """Rows of ``primary`` whose key (or ``on`` columns) is in none of ``exclude``.
+
+    :param primary: the population to keep rows from.
+    :param exclude: one or more populations to remove.
+    :param on: compare by these columns instead of the key (then the inputs may be of other
+        resources, e.g. remove by email).
+    """
+
+    template_fields: Sequence[str] = ("primary", "exclude", "on")
+
+    def __init__(self, *, primary: Any, exclude: Any, on: Sequence[str] | None = None, **kwargs: Any) -> None:
+        excluded = list(exclude) if isinstance(exclude, (list, tuple)) else [exclude]
+        super().__init__(populations=[primary, *excluded], on=on, **kwargs)
+        self.primary = primary
+        self.exclude = exclude
+
+    def combine(self, conn: psycopg.Connection, context: Any) -> Population:
+        excluded = list(self.exclude) if isinstance(self.exclude, (list, tuple)) else [self.exclude]
+        bound = self.inputs(conn, [self.primary], "primary") + self.inputs(conn, excluded, "exclude")
+        pops = [p for p, _ in bound]
+        on = self.compare_columns(pops, "exclude")
+        not_exists = [
+            sql.SQL("NOT EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on))
+            for i, (_, rel) in enumerate(bound[1:], start=1)
+        ]
+        select = sql.SQL("SELECT p.* FROM {} p WHERE {}").format(bound[0][1], sql.SQL(" AND ").join(not_exists))
+        return self.finish(conn, context, select, pops[0])
+
+
+class DeduplicationOperator(CampaignBaseOperator):
+    """Keep ``keep`` rows per value of ``on``, preferring rows by ``prefer``.
+
+    :param population: the input population.
+    :param on: columns whose equal values make duplicates (default: the key).
+    :param keep: how many rows to keep per duplicate group (default 1).
+    :param prefer: SQL ORDER BY list choosing the rows kept, e.g. ``"loyalty_points DESC"``;
+        ties are broken by the key so the result is deterministic.
+    """
+
+    template_fields: Sequence[str] = ("population", "on", "prefer")
+
+    def __init__(self, *, population: Any, on: Sequence[str] | None = None, keep: int = 1, prefer: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(keep, int) or keep < 1:
+            raise CampaignError(f"keep={keep!r}: give a whole number >= 1.")
+        self.population = population
+        self.on = list(on) if on else None
+        self.keep = keep
+        self.prefer = prefer
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        def work(conn: psycopg.Connection) -> Population:
+            ((pop, rel),) = self.inputs(conn, [self.population], "population")
+            on = self.on or [pop.key]
+            _check_columns("on", on, pop.columns)
+            order = [sql.SQL(self.prefer)] if self.prefer else []
+            order.append(sql.Identifier(pop.key))
+            select = sql.SQL(
+                "SELECT {cols} FROM (SELECT p.*, row_number() OVER (PARTITION BY {on} ORDER BY {order}) AS _rn "
+                "FROM {rel} p) d WHERE _rn <= {keep}"
+            ).format(cols=_idents(pop.columns), on=_idents(on), order=sql.SQL(", ").join(order), rel=rel,
+                     keep=sql.Literal(self.keep))
+            out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="prefer")
+            self.check_empty(out)
+            return out
+
+        pop = self.run_in_transaction(work)
+        self.log.info("%s: %d rows after deduplication", self.task_id, pop.count)
+        return pop.to_dict()
+
+
+JoinKind = Literal["one", "optional", "many"]
+
+
+class EnrichmentOperator(CampaignBaseOperator):
+    """Add columns to a population from its resource and related tables.
+
+    :param population: the input population (alias ``p``; its resource row is alias ``r``).
+    :param columns: ``{name: SQL expression}`` over ``p``, ``r`` and the joins' aliases, e.g.
+        ``{"email": "r.email"}``.
+    :param joins: related tables, each ``{"table": "schema.table", "alias": "s",
+        "on": "s.profile_id = p.id", "kind": "one" | "optional" | "many", "columns": {...}}``.
+        ``one``: exactly one row (rows without a match are dropped); ``optional``: zero or one
+        (NULLs when missing); ``many``: one-to-many, and its ``columns`` must be aggregates
+        (``{"subscriptions": "count(*)"}``). A ``one``/``optional`` join that matches several
+        rows for a population row is an error.
+    """
+
+    template_fields: Sequence[str] = ("population", "columns", "joins")
+
+    def __init__(self, *, population: Any, columns: dict[str, str] | None = None, joins: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.population = population
+        self.columns = dict(columns or {})
+        self.joins = [dict(j) for j in joins or []]
+        if not self.columns and not any(j.get("columns") for j in self.joins):
+            raise CampaignError("columns/joins: give at least one column to add.")
+        for i, join in enumerate(self.joins):
+            missing = [k for k in ("table", "alias", "on") if not join.get(k)]
+            if missing:
+                raise CampaignError(f"joins[{i}]: missing {missing}; each join needs table, alias and on.")
+            check_choice(f"joins[{i}].kind", join.get("kind", "optional"), literal_choices(JoinKind))
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        pop = self.run_in_transaction(lambda conn: self._enrich(conn, context))
+        self.log.info("%s: %d rows enriched with %d columns", self.task_id, pop.count, len(pop.columns))
+        return pop.to_dict()
+
+    def _enrich(self, conn: psycopg.Connection, context: Any) -> Population:
+        ((pop, rel),) = self.inputs(conn, [self.population], "population")
+        added: dict[str, str] = dict(self.columns)
+        froms: list[sql.Composable] = [sql.SQL("{} p").format(rel)]
+        if pop.resource:
+            resource = Resource.resolve(conn, pop.resource, pop.key)
+            froms.append(sql.SQL("LEFT JOIN {} r ON r.{} = p.{}").format(
+                resource.ident, sql.Identifier(resource.key), sql.Identifier(pop.key)))
+        for i, join in enumerate(self.joins):
+            kind = join.get("kind", "optional")
+            alias = sql.Identifier(join["alias"])
+            if not CampaignHook.columns_of(conn, join["table"]):
+                raise CampaignError(f"joins[{i}].table={join['table']!r}: no such table.")
+            table = sql.SQL(".").join(sql.Identifier(p) for p in join["table"].split(".", 1))
+            cols = dict(join.get("columns") or {})
+            if kind == "many":
+                inner = sql.SQL(", ").join(
+                    sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in cols.items())
+                froms.append(sql.SQL("LEFT JOIN LATERAL (SELECT {} FROM {} {} WHERE {}) {} ON true").format(
+                    inner, table, alias, sql.SQL(join["on"]), alias))
+                added.update({n: f'{join["alias"]}."{n}"' for n in cols})
+                continue
+            with sql_errors(f"joins[{i}]"):
+                dup = conn.execute(sql.SQL(
+                    "SELECT 1 FROM {} p JOIN {} {} ON {} GROUP BY p.ctid HAVING count(*) > 1 LIMIT 1").format(
+                    rel, table, alias, sql.SQL(join["on"]))).fetchone()
+            if dup:
+                raise CampaignError(
+                    f"joins[{i}] ({join['table']} as {join['alias']}, kind {kind!r}) matches several rows for "
+                    "some population rows; use kind='many' with aggregate columns, or a narrower on."
+                )
+            froms.append(sql.SQL("{} {} {} ON {}").format(
+                sql.SQL("JOIN" if kind == "one" else "LEFT JOIN"), table, alias, sql.SQL(join["on"])))
+            added.update(cols)
+        clash = [n for n in added if n in pop.columns]
+        if clash:
+            raise CampaignError(f"columns: {clash} already exist in the population; choose other names.")
+        select = sql.SQL("SELECT p.*, {} FROM {}").format(
+            sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in added.items()),
+            sql.SQL(" ").join(froms),
+        )
+        out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="columns/joins")
+        self.check_empty(out)
+        return out
+
+
+class SegmentationOperator(CampaignBaseOperator):
+    """Split a population into segments, one population per segment code.
+
+    :param population: the input population.
+    :param segments: a list of ``{"code": "A", "where": SQL, "limit": N, "percent": P,
+        "random": bool, "order_by": SQL}``; every key but ``code`` is optional. A segment takes
+        the rows matching ``where`` (and, without ``overlap``, not taken by an earlier
+        segment), ordered randomly (``random``, deterministic for a run) or by ``order_by``
+        (default the key), then keeps at most ``limit`` rows and ``percent`` % of them.
+    :param overlap: let a row belong to several segments (default False).
+    :param complement: add a segment with the rows no segment took (default True).
+    :param complement_code: the complement's code (default ``"others"``).
+    :param seed: random seed (default: the run id, so a retry draws the same rows).
+
+    Each segment is a population with a ``segment_code`` column, pushed to XCom under its code;
+    the return value maps codes to populations.
+    """
+
+    template_fields: Sequence[str] = ("population", "segments", "seed")
+
+    def __init__(
+        self,
+        *,
+        population: Any,
+        segments: Sequence[dict[str, Any]],
+        overlap: bool = False,
+        complement: bool = True,
+        complement_code: str = "others",
+        seed: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.population = population
+        self.segments = [dict(s) for s in segments]
+        self.overlap = overlap
+        self.complement = complement
+        self.complement_code = complement_code
+        self.seed = seed
+        codes = [s.get("code") for s in self.segments] + ([complement_code] if complement else [])
+        if not self.segments:
+            raise CampaignError("segments: give at least one segment {'code': ..., 'where': ...}.")
+        for i, code in enumerate(codes):
+            if not isinstance(code, str) or not _CODE.match(code):
+                raise CampaignError(f"segments[{i}].code={code!r}: use letters, digits and _ (starting with a letter).")
+        if len(set(codes)) != len(codes):
+            raise CampaignError(f"segments: codes must be unique (with complement_code); got {codes}.")
+        for i, seg in enumerate(self.segments):
+            unknown = set(seg) - {"code", "where", "limit", "percent", "random", "order_by"}
+            if unknown:
+                raise CampaignError(f"segments[{i}]: unknown option(s) {sorted(unknown)}.")
+            pct = seg.get("percent")
+            if pct is not None and not (0 <= float(pct) <= 100):
+                raise CampaignError(f"segments[{i}].percent={pct!r}: give a number between 0 and 100.")
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        outputs = self.run_in_transaction(lambda conn: self._split(conn, context))
+        for code, pop in outputs.items():
+            context["ti"].xcom_push(key=code, value=pop.to_dict())
+            self.log.info("%s: segment %s has %d rows", self.task_id, code, pop.count)
+        return {code: pop.to_dict() for code, pop in outputs.items()}
+
+    def _split(self, conn: psycopg.Connection, context: Any) -> dict[str, Population]:
+        ((pop, rel),) = self.inputs(conn, [self.population], "population")
+        columns = [c for c in pop.columns if c != "segment_code"]
+        seed = self.seed if self.seed is not None else run_identity(context)["run_id"]
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE seg_work ON COMMIT DROP AS SELECT row_number() OVER () AS _rid, {} FROM {} p"
+        ).format(_idents(columns, "p"), rel))
+        conn.execute("CREATE TEMP TABLE seg_assign (_rid bigint NOT NULL, code text NOT NULL) ON COMMIT DROP")
+        conn.execute("ANALYZE seg_work")
+        for i, seg in enumerate(self.segments):
+            if seg.get("random"):
+                order = sql.SQL("md5({} || w.{}::text)").format(sql.Literal(f"{seed}/{seg['code']}/"), sql.Identifier(pop.key))
+            elif seg.get("order_by"):
+                order = sql.SQL("{}, w.{}").format(sql.SQL(seg["order_by"]), sql.Identifier(pop.key))
+            else:
+                order = sql.SQL("w.{}").format(sql.Identifier(pop.key))
+            conds = [sql.SQL("({})").format(sql.SQL(seg["where"]))] if seg.get("where") else [sql.SQL("true")]
+            if not self.overlap:
+                conds.append(sql.SQL("NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid)"))
+            bounds = [sql.SQL("_rn <= {}").format(sql.Literal(int(seg["limit"])))] if seg.get("limit") is not None else []
+            if seg.get("percent") is not None:
+                bounds.append(sql.SQL("_rn <= ceil(_n * {} / 100.0)").format(sql.Literal(float(seg["percent"]))))
+            with sql_errors(f"segments[{i}]"):
+                conn.execute(sql.SQL(
+                    "INSERT INTO seg_assign (_rid, code) SELECT _rid, {code} FROM (SELECT w._rid, "
+                    "row_number() OVER (ORDER BY {order}) AS _rn, count(*) OVER () AS _n FROM seg_work w "
+                    "WHERE {conds}) c WHERE {bounds}"
+                ).format(code=sql.Literal(seg["code"]), order=order, conds=sql.SQL(" AND ").join(conds),
+                         bounds=sql.SQL(" AND ").join(bounds or [sql.SQL("true")])))
+        outputs: dict[str, Population] = {}
+        for seg in self.segments:
+            select = sql.SQL(
+                "SELECT {cols}, {code}::text AS segment_code FROM seg_work w JOIN seg_assign a "
+                "ON a._rid = w._rid AND a.code = {code} ORDER BY w._rid"
+            ).format(cols=_idents(columns, "w"), code=sql.Literal(seg["code"]))
+            outputs[seg["code"]] = self.save(conn, context, select, key=pop.key, resource=pop.resource, suffix=seg["code"], option="segments")
+        if self.complement:
+            select = sql.SQL(
+                "SELECT {cols}, {code}::text AS segment_code FROM seg_work w "
+                "WHERE NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid) ORDER BY w._rid"
+            ).format(cols=_idents(columns, "w"), code=sql.Literal(self.complement_code))
+            outputs[self.complement_code] = self.save(
+                conn, context, select, key=pop.key, resource=pop.resource, suffix=self.complement_code, option="segments")
+        if not any(p.count for p in outputs.values()):
+            self.check_empty(next(iter(outputs.values())), "segmentation")
+        return outputs
