@@ -26,7 +26,7 @@ def connect(args: argparse.Namespace) -> Any:
         return psycopg.connect(url, autocommit=True)
     from airflow_campaign.hooks.campaign import CampaignHook
 
-    conn = CampaignHook(campaign_conn_id=args.conn_id or "campaign_default").get_conn()
+    conn = CampaignHook(campaign_conn_id=args.conn_id or "campaign_default").connect()
     conn.autocommit = True
     return conn
 
@@ -103,7 +103,9 @@ def cmd_incremental(args: argparse.Namespace) -> int:
         else:
             with conn.transaction():
                 conn.execute("DELETE FROM campaign.incremental_state WHERE dag_id = %s AND task_id = %s", key)
-                conn.execute("DELETE FROM campaign.incremental_history WHERE dag_id = %s AND task_id = %s", key)
+                conn.execute(
+                    "DELETE FROM campaign.incremental_history WHERE dag_id = %s AND task_id = %s", key
+                )
             print(f"state of {args.dag_id}.{args.task_id} reset: the next run starts from scratch")
     return 0
 

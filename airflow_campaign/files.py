@@ -31,8 +31,15 @@ _TEMP_NAMES = itertools.count()
 def infer_format(path: str) -> str:
     """The format named by a path's extension (``.gz`` ignored)."""
     name = path.lower().removesuffix(".gz")
-    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".txt", "tsv"), (".jsonl", "jsonl"),
-                     (".ndjson", "jsonl"), (".parquet", "parquet"), (".pq", "parquet")):
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".txt", "tsv"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+    ):
         if name.endswith(ext):
             return fmt
     raise CampaignError(f"format: cannot tell the format of {path!r}; pass format= one of {list(FORMATS)}.")
@@ -105,7 +112,9 @@ def _create_raw(conn: psycopg.Connection, columns: list[str]) -> str:
         raise CampaignError("columns: the file has no columns; give a header line or columns=[...].")
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes or LINE_COLUMN in columns:
-        raise CampaignError(f"columns: duplicated or reserved column names {dupes or [LINE_COLUMN]} in the file.")
+        raise CampaignError(
+            f"columns: duplicated or reserved column names {dupes or [LINE_COLUMN]} in the file."
+        )
     name = f"raw_file_{next(_TEMP_NAMES)}"
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ({} bigint GENERATED ALWAYS AS IDENTITY, {}) ON COMMIT DROP").format(
@@ -127,7 +136,9 @@ def _load_delimited(
     encoding: str,
 ) -> tuple[str, list[str], dict[str, str]]:
     delimiter = delimiter or ("\t" if format == "tsv" else ",")
-    pg_encoding = {"utf-8": "UTF8", "utf8": "UTF8", "latin-1": "LATIN1", "latin1": "LATIN1"}.get(encoding.lower())
+    pg_encoding = {"utf-8": "UTF8", "utf8": "UTF8", "latin-1": "LATIN1", "latin1": "LATIN1"}.get(
+        encoding.lower()
+    )
     if pg_encoding is None:
         raise CampaignError(f"encoding={encoding!r} is not supported; use 'utf-8' or 'latin-1'.")
     first = stream.read(_CHUNK)
@@ -148,7 +159,9 @@ def _load_delimited(
     else:
         file_columns = columns
     table = _create_raw(conn, file_columns)
-    options = sql.SQL("FORMAT csv, DELIMITER {}, ENCODING {}").format(sql.Literal(delimiter), sql.Literal(pg_encoding))
+    options = sql.SQL("FORMAT csv, DELIMITER {}, ENCODING {}").format(
+        sql.Literal(delimiter), sql.Literal(pg_encoding)
+    )
 
     def chunks() -> Iterator[bytes]:
         if first:
@@ -191,7 +204,9 @@ def _load_jsonl(
                     raise CampaignError(f"path: line {line} is not a JSON object.")
                 yield [_as_text(record.get(c)) for c in file_columns]
         except json.JSONDecodeError as exc:
-            raise CampaignError(f"path: line {line + 1} is not JSON ({exc.msg}). Nothing was loaded.") from exc
+            raise CampaignError(
+                f"path: line {line + 1} is not JSON ({exc.msg}). Nothing was loaded."
+            ) from exc
 
     CampaignHook.copy_rows_in(conn, table, file_columns, rows())
     return table, file_columns, {}

@@ -55,7 +55,9 @@ class Population:
                 f"population: inline rows have no key column {key!r} (columns: {columns}); "
                 f"pass Population.inline(rows, key='<column>', resource=...) naming the key."
             )
-        return cls(kind="inline", key=key, resource=resource, columns=columns, count=len(records), rows=records)
+        return cls(
+            kind="inline", key=key, resource=resource, columns=columns, count=len(records), rows=records
+        )
 
     @classmethod
     def from_value(cls, value: Any, option: str = "population") -> Population:

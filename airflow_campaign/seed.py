@@ -5,16 +5,87 @@ from __future__ import annotations
 from typing import Any
 
 FIRST_NAMES = [
-    "Emma", "Louis", "Olivia", "Liam", "Sophia", "Noah", "Mia", "Lucas", "Chloe", "Hugo", "Léa", "Jules",
-    "Ava", "Mateo", "Isabella", "Ethan", "Amelia", "Leon", "Hannah", "Paul", "Lucía", "Martín", "Sofía",
-    "Hiroshi", "Yuki", "Sakura", "Haruto", "Ana", "João", "Beatriz", "Oliver", "Charlotte", "Jack",
-    "Grace", "Felix", "Marie", "Anna", "David", "Sara", "Omar",
+    "Emma",
+    "Louis",
+    "Olivia",
+    "Liam",
+    "Sophia",
+    "Noah",
+    "Mia",
+    "Lucas",
+    "Chloe",
+    "Hugo",
+    "Léa",
+    "Jules",
+    "Ava",
+    "Mateo",
+    "Isabella",
+    "Ethan",
+    "Amelia",
+    "Leon",
+    "Hannah",
+    "Paul",
+    "Lucía",
+    "Martín",
+    "Sofía",
+    "Hiroshi",
+    "Yuki",
+    "Sakura",
+    "Haruto",
+    "Ana",
+    "João",
+    "Beatriz",
+    "Oliver",
+    "Charlotte",
+    "Jack",
+    "Grace",
+    "Felix",
+    "Marie",
+    "Anna",
+    "David",
+    "Sara",
+    "Omar",
 ]
 LAST_NAMES = [
-    "Martin", "Bernard", "Dubois", "Smith", "Johnson", "Williams", "Brown", "Jones", "Müller", "Schmidt",
-    "Schneider", "Fischer", "García", "Fernández", "López", "Martínez", "Silva", "Santos", "Oliveira",
-    "Souza", "Sato", "Suzuki", "Takahashi", "Tanaka", "Taylor", "Davies", "Evans", "Wilson", "Moreau",
-    "Laurent", "Lefebvre", "Weber", "Wagner", "Rossi", "Costa", "Pereira", "Nakamura", "Clark", "Lewis",
+    "Martin",
+    "Bernard",
+    "Dubois",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "García",
+    "Fernández",
+    "López",
+    "Martínez",
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Souza",
+    "Sato",
+    "Suzuki",
+    "Takahashi",
+    "Tanaka",
+    "Taylor",
+    "Davies",
+    "Evans",
+    "Wilson",
+    "Moreau",
+    "Laurent",
+    "Lefebvre",
+    "Weber",
+    "Wagner",
+    "Rossi",
+    "Costa",
+    "Pereira",
+    "Nakamura",
+    "Clark",
+    "Lewis",
     "Walker",
 ]
 DOMAINS = ["example.com", "mail.example.org", "inbox.example.net", "post.example.fr", "webmail.example.de"]
@@ -42,9 +113,14 @@ def _array(values: list[str]) -> str:
 
 
 def _profiles_sql() -> str:
-    countries = "(VALUES " + ", ".join(
-        f"({i}, '{c}', '{loc}', '{tz}', '{cc}', '{trunk}', {n})" for i, (c, loc, tz, cc, trunk, n) in enumerate(COUNTRIES)
-    ) + ") AS c(idx, country, locale, time_zone, cc, trunk, digits)"
+    countries = (
+        "(VALUES "
+        + ", ".join(
+            f"({i}, '{c}', '{loc}', '{tz}', '{cc}', '{trunk}', {n})"
+            for i, (c, loc, tz, cc, trunk, n) in enumerate(COUNTRIES)
+        )
+        + ") AS c(idx, country, locale, time_zone, cc, trunk, digits)"
+    )
     return f"""
     INSERT INTO campaign.profiles (id, email, phone, first_name, last_name, locale, country, time_zone,
         birth_date, loyalty_points, last_purchase_at, email_denylisted, sms_denylisted, push_denylisted,
@@ -103,10 +179,13 @@ def seed(conn: Any, profiles: int, seed: int = 42) -> dict[str, int]:
         conn.execute(_profiles_sql(), params)
         conn.execute("CREATE INDEX profiles_email_idx ON campaign.profiles (lower(email))")
         conn.execute("CREATE INDEX profiles_phone_idx ON campaign.profiles (phone)")
-        conn.execute("SELECT setval(pg_get_serial_sequence('campaign.profiles', 'id'), greatest(%s, 1))", (profiles,))
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('campaign.profiles', 'id'), greatest(%s, 1))", (profiles,)
+        )
         for name, label, channel, _ in SERVICES:
             conn.execute(
-                "INSERT INTO campaign.services (name, label, channel) VALUES (%s, %s, %s)", (name, label, channel)
+                "INSERT INTO campaign.services (name, label, channel) VALUES (%s, %s, %s)",
+                (name, label, channel),
             )
         for offset, (name, _, _, share) in enumerate(SERVICES):
             conn.execute(
@@ -166,6 +245,13 @@ def seed(conn: Any, profiles: int, seed: int = 42) -> dict[str, int]:
             )
     conn.execute("ANALYZE campaign.profiles")
     counts = {}
-    for table in ("profiles", "services", "subscriptions", "quarantine", "app_subscriptions", "audience_members"):
+    for table in (
+        "profiles",
+        "services",
+        "subscriptions",
+        "quarantine",
+        "app_subscriptions",
+        "audience_members",
+    ):
         counts[table] = conn.execute(f"SELECT count(*) FROM campaign.{table}").fetchone()[0]  # noqa: S608
     return counts

@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -22,7 +22,9 @@ def staging_table_name(dag_id: str, task_id: str, run_id: str, map_index: int = 
     The same dag_id, task_id, run_id, map_index and suffix always give the same name, so a
     retried task replaces the table its earlier try made instead of leaving a second one.
     """
-    digest = hashlib.sha1(f"{dag_id}\x00{task_id}\x00{run_id}\x00{map_index}\x00{suffix}".encode()).hexdigest()
+    digest = hashlib.sha1(
+        f"{dag_id}\x00{task_id}\x00{run_id}\x00{map_index}\x00{suffix}".encode()
+    ).hexdigest()
     readable = "_".join(part for part in (_slug(dag_id, 18), _slug(task_id, 18), _slug(suffix, 10)) if part)
     return f"{readable}_{digest[:12]}"
 
@@ -51,10 +53,14 @@ class CampaignHook(PostgresHook):
         super().__init__(**kwargs)
         self.campaign_conn_id = campaign_conn_id
 
+    def connect(self) -> psycopg.Connection:
+        """A new psycopg 3 connection to the campaign database."""
+        return cast(psycopg.Connection, self.get_conn())
+
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """A fresh connection in one transaction: committed on success, rolled back on error."""
-        conn = self.get_conn()
+        conn = self.connect()
         try:
             with conn.transaction():
                 yield conn
@@ -139,7 +145,13 @@ class CampaignHook(PostgresHook):
         return count
 
     @staticmethod
-    def copy_text_in(conn: psycopg.Connection, table: str, columns: Sequence[str], chunks: Iterable[bytes], options: sql.Composable) -> None:
+    def copy_text_in(
+        conn: psycopg.Connection,
+        table: str,
+        columns: Sequence[str],
+        chunks: Iterable[bytes],
+        options: sql.Composable,
+    ) -> None:
         """COPY raw bytes (CSV or text format, described by ``options``) into ``table``."""
         statement = sql.SQL("COPY {} ({}) FROM STDIN WITH ({})").format(
             qualified(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns), options
@@ -150,13 +162,13 @@ class CampaignHook(PostgresHook):
 
     def stream_rows(
         self,
-        query: sql.Composable,
+        query: sql.SQL | sql.Composed,
         params: Sequence[Any] | dict[str, Any] | None = None,
         *,
         page_size: int = 10_000,
     ) -> Iterator[tuple[Any, ...]]:
         """Yield the rows of ``query`` through a server-side cursor, ``page_size`` at a time."""
-        conn = self.get_conn()
+        conn = self.connect()
         try:
             with conn.transaction(), conn.cursor(name="campaign_stream") as cur:
                 cur.itersize = page_size

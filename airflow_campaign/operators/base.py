@@ -111,7 +111,9 @@ class CampaignBaseOperator(BaseOperator):
         if self.on_empty == "fail":
             raise CampaignError(f"{self.task_id}: the {what} is empty and on_empty='fail'.")
 
-    def inputs(self, conn: psycopg.Connection, values: Sequence[Any], option: str) -> list[tuple[Population, sql.Composable]]:
+    def inputs(
+        self, conn: psycopg.Connection, values: Sequence[Any], option: str
+    ) -> list[tuple[Population, sql.Composable]]:
         """Coerce and bind each input population, checking they exist."""
         out = []
         for i, value in enumerate(values):

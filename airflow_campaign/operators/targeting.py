@@ -73,7 +73,15 @@ class QueryOperator(CampaignBaseOperator):
     :param parameters: values for ``%(name)s`` placeholders in ``where`` or ``sql``.
     """
 
-    template_fields: Sequence[str] = ("resource", "where", "columns", "additional", "sql", "parameters", "order_by")
+    template_fields: Sequence[str] = (
+        "resource",
+        "where",
+        "columns",
+        "additional",
+        "sql",
+        "parameters",
+        "order_by",
+    )
     template_ext: Sequence[str] = (".sql",)
 
     def __init__(
@@ -93,7 +101,9 @@ class QueryOperator(CampaignBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         if sql and (where or columns or additional):
-            raise CampaignError("sql= is a whole SELECT: do not combine it with where=, columns= or additional=.")
+            raise CampaignError(
+                "sql= is a whole SELECT: do not combine it with where=, columns= or additional=."
+            )
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise CampaignError(f"limit={limit!r}: give a whole number >= 0, or None for no limit.")
         self.resource = resource
@@ -108,14 +118,18 @@ class QueryOperator(CampaignBaseOperator):
         self.parameters = parameters
 
     def user_sql_option(self) -> str:
-        return "sql" if self.sql else "/".join(o for o in ("where", "additional", "order_by") if getattr(self, o)) or "where"
+        return (
+            "sql"
+            if self.sql
+            else "/".join(o for o in ("where", "additional", "order_by") if getattr(self, o)) or "where"
+        )
 
     def select_statement(self, conn: psycopg.Connection, resource: Resource, context: Any) -> sql.Composable:
         """The SELECT that defines this query's population."""
         if self.sql:
-            query: sql.Composable = sql.SQL("SELECT DISTINCT * FROM ({}) q" if self.distinct else "SELECT * FROM ({}) q").format(
-                sql.SQL(self.sql.strip().rstrip(";"))
-            )
+            query: sql.Composable = sql.SQL(
+                "SELECT DISTINCT * FROM ({}) q" if self.distinct else "SELECT * FROM ({}) q"
+            ).format(sql.SQL(self.sql.strip().rstrip(";")))
             return self._limited(query)
         resource.check_columns("columns", self.columns)
         names = [resource.key] + [c for c in self.columns if c != resource.key]
@@ -123,7 +137,9 @@ class QueryOperator(CampaignBaseOperator):
         if self.additional:
             select_list.append(sql.SQL(self.additional))
         conditions = self.conditions(conn, resource, context)
-        distinct = self.distinct and (bool(self.additional) or not _key_is_unique(conn, resource.table, resource.key))
+        distinct = self.distinct and (
+            bool(self.additional) or not _key_is_unique(conn, resource.table, resource.key)
+        )
         query = sql.SQL("SELECT {distinct}{select} FROM {table} r{where}").format(
             distinct=sql.SQL("DISTINCT " if distinct else ""),
             select=sql.SQL(", ").join(select_list),
@@ -139,15 +155,22 @@ class QueryOperator(CampaignBaseOperator):
         if self.limit is None:
             return query
         order = sql.SQL(self.order_by) if self.order_by else (sql.Identifier(key) if key else sql.SQL("1"))
-        return sql.SQL("SELECT * FROM ({}) l ORDER BY {} LIMIT {}").format(query, order, sql.Literal(self.limit))
+        return sql.SQL("SELECT * FROM ({}) l ORDER BY {} LIMIT {}").format(
+            query, order, sql.Literal(self.limit)
+        )
 
     def execute(self, context: Any) -> dict[str, Any]:
         def work(conn: psycopg.Connection) -> Population:
             resource = Resource.resolve(conn, self.resource, self.key)
             select = self.select_statement(conn, resource, context)
             pop = self.save(
-                conn, context, select, key=resource.key, resource=resource.name,
-                params=self.parameters, option=self.user_sql_option(),
+                conn,
+                context,
+                select,
+                key=resource.key,
+                resource=resource.name,
+                params=self.parameters,
+                option=self.user_sql_option(),
             )
             self.after_save(conn, pop, resource, context)
             self.check_empty(pop)
@@ -209,7 +232,9 @@ class IncrementalQueryOperator(QueryOperator):
                 sql.SQL(
                     "NOT EXISTS (SELECT 1 FROM campaign.incremental_history h WHERE h.dag_id = {} "
                     "AND h.task_id = {} AND h.member_key = r.{}::text)"
-                ).format(sql.Literal(ident["dag_id"]), sql.Literal(ident["task_id"]), sql.Identifier(resource.key))
+                ).format(
+                    sql.Literal(ident["dag_id"]), sql.Literal(ident["task_id"]), sql.Identifier(resource.key)
+                )
             )
             return conds
         assert self.date_column
@@ -226,7 +251,9 @@ class IncrementalQueryOperator(QueryOperator):
         self._lower = lower
         if lower is not None:
             conds.append(
-                sql.SQL("r.{} > {}::timestamptz").format(sql.Identifier(self.date_column), sql.Literal(str(lower)))
+                sql.SQL("r.{} > {}::timestamptz").format(
+                    sql.Identifier(self.date_column), sql.Literal(str(lower))
+                )
             )
         return conds
 
@@ -244,13 +271,18 @@ class IncrementalQueryOperator(QueryOperator):
                     "INSERT INTO campaign.incremental_history (dag_id, task_id, member_key, run_id) "
                     "SELECT {}, {}, {}::text, {} FROM {} ON CONFLICT DO NOTHING"
                 ).format(
-                    sql.Literal(ident["dag_id"]), sql.Literal(ident["task_id"]), sql.Identifier(resource.key),
-                    sql.Literal(ident["run_id"]), table,
+                    sql.Literal(ident["dag_id"]),
+                    sql.Literal(ident["task_id"]),
+                    sql.Identifier(resource.key),
+                    sql.Literal(ident["run_id"]),
+                    table,
                 )
             )
             return
         newest = conn.execute(
-            sql.SQL("SELECT max({})::timestamptz FROM {}").format(sql.Identifier(self.date_column or ""), table)
+            sql.SQL("SELECT max({})::timestamptz FROM {}").format(
+                sql.Identifier(self.date_column or ""), table
+            )
         ).fetchone()
         watermark = newest[0] if newest and newest[0] is not None else self._lower
         conn.execute(
@@ -293,7 +325,9 @@ class ReadAudienceOperator(CampaignBaseOperator):
                 (self.audience,),
             ).fetchone()
             if row is None:
-                known = [r[0] for r in conn.execute("SELECT name FROM campaign.audiences ORDER BY name LIMIT 20")]
+                known = [
+                    r[0] for r in conn.execute("SELECT name FROM campaign.audiences ORDER BY name LIMIT 20")
+                ]
                 raise CampaignError(f"audience={self.audience!r} does not exist; known audiences: {known}.")
             audience_id, kind, resource_name, key_column, file_uri, file_format = row
             resource = Resource.resolve(conn, resource_name, key_column)
@@ -301,8 +335,10 @@ class ReadAudienceOperator(CampaignBaseOperator):
             names = [resource.key] + [c for c in self.columns if c != resource.key]
             key_type = sql.SQL(resource.columns[resource.key])
             if kind == "list":
-                source = sql.SQL("campaign.audience_members m WHERE m.audience_id = {} AND").format(sql.Literal(audience_id))
-                member = sql.SQL("m.member_key")
+                source: sql.Composable = sql.SQL(
+                    "campaign.audience_members m WHERE m.audience_id = {} AND"
+                ).format(sql.Literal(audience_id))
+                member: sql.Composable = sql.SQL("m.member_key")
             else:
                 raw, file_columns, _ = load_raw(
                     conn, file_uri, format=file_format or infer_format(file_uri), aws_conn_id=self.aws_conn_id
@@ -316,10 +352,16 @@ class ReadAudienceOperator(CampaignBaseOperator):
             select = sql.SQL(
                 "SELECT {cols} FROM {table} r WHERE r.{key} IN (SELECT {member}::{type} FROM {source} {member} IS NOT NULL)"
             ).format(
-                cols=_idents(names, "r"), table=resource.ident, key=sql.Identifier(resource.key),
-                member=member, type=key_type, source=source,
+                cols=_idents(names, "r"),
+                table=resource.ident,
+                key=sql.Identifier(resource.key),
+                member=member,
+                type=key_type,
+                source=source,
             )
-            pop = self.save(conn, context, select, key=resource.key, resource=resource.name, option="audience")
+            pop = self.save(
+                conn, context, select, key=resource.key, resource=resource.name, option="audience"
+            )
             self.check_empty(pop, f"audience {self.audience!r}")
             return pop
 
@@ -399,15 +441,23 @@ class LoadFileOperator(CampaignBaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.run_in_transaction(lambda conn: self._load(conn, context))
         pop, rejects = result
-        self.log.info("%s: loaded %d rows from %s, %d rejected", self.task_id, pop.count, self.path, rejects.count)
+        self.log.info(
+            "%s: loaded %d rows from %s, %d rejected", self.task_id, pop.count, self.path, rejects.count
+        )
         context["ti"].xcom_push(key="rejects", value=rejects.to_dict())
         return pop.to_dict()
 
     def _load(self, conn: psycopg.Connection, context: Any) -> tuple[Population, Population]:
         fmt = self.format or infer_format(self.path)
         raw, file_columns, file_types = load_raw(
-            conn, self.path, format=fmt, columns=self.columns, header=self.header,
-            delimiter=self.delimiter, encoding=self.encoding, aws_conn_id=self.aws_conn_id,
+            conn,
+            self.path,
+            format=fmt,
+            columns=self.columns,
+            header=self.header,
+            delimiter=self.delimiter,
+            encoding=self.encoding,
+            aws_conn_id=self.aws_conn_id,
         )
         wanted = self.columns or file_columns
         _check_columns("types", list(self.types), wanted)
@@ -416,70 +466,108 @@ class LoadFileOperator(CampaignBaseOperator):
         f = sql.Identifier("f")
         invalid = [
             (c, sql.SQL("NOT pg_input_is_valid({}.{}, {})").format(f, sql.Identifier(c), sql.Literal(t)))
-            for c, t in types.items() if t != "text" and check_types
+            for c, t in types.items()
+            if t != "text" and check_types
         ]
         reasons: list[tuple[sql.Composable, sql.Composable]] = [
             (cond, sql.Literal(f"invalid {c}")) for c, cond in invalid
         ]
-        typed = [sql.SQL("{}.{}::{} AS {}").format(f, sql.Identifier(c), sql.SQL(t), sql.Identifier(c))
-                 for c, t in types.items()]
+        typed = [
+            sql.SQL("{}.{}::{} AS {}").format(f, sql.Identifier(c), sql.SQL(t), sql.Identifier(c))
+            for c, t in types.items()
+        ]
         if self.reconcile_on:
-            mapping = self.reconcile_on if isinstance(self.reconcile_on, dict) else {self.reconcile_on: self.reconcile_on}
+            mapping = (
+                self.reconcile_on
+                if isinstance(self.reconcile_on, dict)
+                else {self.reconcile_on: self.reconcile_on}
+            )
             _check_columns("reconcile_on", list(mapping), wanted)
             resource = Resource.resolve(conn, self.resource)
             resource.check_columns("reconcile_on", list(mapping.values()))
             join_on = sql.SQL(" AND ").join(
                 sql.SQL("r.{} = {}.{}::{}").format(
                     sql.Identifier(rc), f, sql.Identifier(fc), sql.SQL(resource.columns[rc])
-                ) for fc, rc in mapping.items()
+                )
+                for fc, rc in mapping.items()
             )
-            valid = sql.SQL(" AND ").join([sql.SQL("NOT ({})").format(c) for _, c in invalid] or [sql.SQL("true")])
+            not_invalid: list[sql.Composable] = [sql.SQL("NOT ({})").format(c) for _, c in invalid]
+            valid = sql.SQL(" AND ").join(not_invalid or [sql.SQL("true")])
             conn.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE file_matches ON COMMIT DROP AS SELECT f.{line} AS line, r.{key} AS key,"
                     " count(*) OVER (PARTITION BY f.{line}) AS n FROM {raw} f JOIN {res} r ON {on} WHERE {valid}"
-                ).format(line=sql.Identifier(LINE_COLUMN), key=sql.Identifier(resource.key),
-                         raw=sql.Identifier(raw), res=resource.ident, on=join_on, valid=valid)
+                ).format(
+                    line=sql.Identifier(LINE_COLUMN),
+                    key=sql.Identifier(resource.key),
+                    raw=sql.Identifier(raw),
+                    res=resource.ident,
+                    on=join_on,
+                    valid=valid,
+                )
             )
             m = sql.SQL("(SELECT key FROM file_matches m WHERE m.line = f.{} AND m.n = 1)").format(
-                sql.Identifier(LINE_COLUMN))
+                sql.Identifier(LINE_COLUMN)
+            )
             file_cols = [c for c in wanted if c != resource.key]
             keep = [t for c, t in zip(types, typed, strict=True) if c in file_cols]
             reasons += [
-                (sql.SQL("EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{} AND m.n > 1)").format(
-                    sql.Identifier(LINE_COLUMN)), sql.Literal("ambiguous: matches several rows")),
+                (
+                    sql.SQL("EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{} AND m.n > 1)").format(
+                        sql.Identifier(LINE_COLUMN)
+                    ),
+                    sql.Literal("ambiguous: matches several rows"),
+                ),
             ]
             if self.unmatched == "reject":
-                reasons.append((sql.SQL("NOT EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{})").format(
-                    sql.Identifier(LINE_COLUMN)), sql.Literal("unmatched")))
+                reasons.append(
+                    (
+                        sql.SQL("NOT EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{})").format(
+                            sql.Identifier(LINE_COLUMN)
+                        ),
+                        sql.Literal("unmatched"),
+                    )
+                )
             key, resource_name = resource.key, resource.name
-            select_list = sql.SQL(", ").join([sql.SQL("{} AS {}").format(m, sql.Identifier(resource.key)), *keep])
+            select_list = sql.SQL(", ").join(
+                [sql.SQL("{} AS {}").format(m, sql.Identifier(resource.key)), *keep]
+            )
         else:
             key = self.key or wanted[0]
             _check_columns("key", [key], wanted)
             resource_name = None
             select_list = sql.SQL(", ").join(typed)
-        reason_expr = sql.SQL("CASE {} END").format(
-            sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c, r) for c, r in reasons)
-        ) if reasons else sql.SQL("NULL::text")
-        conn.execute(
-            sql.SQL("CREATE TEMP TABLE file_checked ON COMMIT DROP AS SELECT f.*, {} AS reject_reason FROM {} f").format(
-                reason_expr, sql.Identifier(raw))
+        reason_expr = (
+            sql.SQL("CASE {} END").format(
+                sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c, r) for c, r in reasons)
+            )
+            if reasons
+            else sql.SQL("NULL::text")
         )
-        rejected = sql.SQL("SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL").format(
-            line=sql.Identifier(LINE_COLUMN), cols=_idents(wanted))
-        rejects = self.save(conn, context, rejected, key=LINE_COLUMN, resource=None, suffix="rejects", option="path")
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE file_checked ON COMMIT DROP AS SELECT f.*, {} AS reject_reason FROM {} f"
+            ).format(reason_expr, sql.Identifier(raw))
+        )
+        rejected = sql.SQL(
+            "SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL"
+        ).format(line=sql.Identifier(LINE_COLUMN), cols=_idents(wanted))
+        rejects = self.save(
+            conn, context, rejected, key=LINE_COLUMN, resource=None, suffix="rejects", option="path"
+        )
         if rejects.count and self.on_reject == "fail":
             sample = conn.execute(
-                sql.SQL("SELECT {}, reject_reason FROM file_checked WHERE reject_reason IS NOT NULL ORDER BY 1 LIMIT 5").format(
-                    sql.Identifier(LINE_COLUMN))
+                sql.SQL(
+                    "SELECT {}, reject_reason FROM file_checked WHERE reject_reason IS NOT NULL ORDER BY 1 LIMIT 5"
+                ).format(sql.Identifier(LINE_COLUMN))
             ).fetchall()
             raise CampaignError(
                 f"path={self.path!r}: {rejects.count} row(s) rejected and on_reject='fail' "
                 f"(first: {', '.join(f'row {n}: {r}' for n, r in sample)}). Nothing was written."
             )
         accepted = sql.SQL("SELECT {} FROM file_checked f WHERE reject_reason IS NULL ORDER BY f.{}").format(
-            select_list, sql.Identifier(LINE_COLUMN))
+            select_list, sql.Identifier(LINE_COLUMN)
+        )
         pop = self.save(conn, context, accepted, key=key, resource=resource_name, option="path")
         self.check_empty(pop, f"file {self.path}")
         return pop, rejects
@@ -506,11 +594,15 @@ class _CombineOperator(CampaignBaseOperator):
     @staticmethod
     def matches(left: str, right: str, on: Sequence[str]) -> sql.Composable:
         return sql.SQL(" AND ").join(
-            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right), sql.Identifier(c))
+            sql.SQL("{}.{} = {}.{}").format(
+                sql.Identifier(left), sql.Identifier(c), sql.Identifier(right), sql.Identifier(c)
+            )
             for c in on
         )
 
-    def finish(self, conn: psycopg.Connection, context: Any, select: sql.Composable, first: Population) -> Population:
+    def finish(
+        self, conn: psycopg.Connection, context: Any, select: sql.Composable, first: Population
+    ) -> Population:
         pop = self.save(conn, context, select, key=first.key, resource=first.resource, option="populations")
         self.check_empty(pop)
         return pop
@@ -534,7 +626,14 @@ class UnionOperator(_CombineOperator):
     The result carries the columns common to every input, in the first input's order.
     """
 
-    def __init__(self, *, populations: Sequence[Any], on: Sequence[str] | None = None, limit: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        populations: Sequence[Any],
+        on: Sequence[str] | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(populations=populations, on=on, **kwargs)
         self.limit = limit
 
@@ -547,9 +646,15 @@ class UnionOperator(_CombineOperator):
             sql.SQL("SELECT {} AS _src, {} FROM {}").format(sql.Literal(i), _idents(common), rel)
             for i, (_, rel) in enumerate(bound)
         ]
-        select = sql.SQL("SELECT DISTINCT ON ({on}) {cols} FROM ({parts}) u ORDER BY {on}, _src{limit}").format(
-            on=_idents(on), cols=_idents(common), parts=sql.SQL(" UNION ALL ").join(parts),
-            limit=sql.SQL(" LIMIT {}").format(sql.Literal(self.limit)) if self.limit is not None else sql.SQL(""),
+        select = sql.SQL(
+            "SELECT DISTINCT ON ({on}) {cols} FROM ({parts}) u ORDER BY {on}, _src{limit}"
+        ).format(
+            on=_idents(on),
+            cols=_idents(common),
+            parts=sql.SQL(" UNION ALL ").join(parts),
+            limit=sql.SQL(" LIMIT {}").format(sql.Literal(self.limit))
+            if self.limit is not None
+            else sql.SQL(""),
         )
         return self.finish(conn, context, select, pops[0])
 
@@ -566,7 +671,9 @@ class IntersectionOperator(_CombineOperator):
         pops = [p for p, _ in bound]
         on = self.compare_columns(pops, "populations")
         exists = [
-            sql.SQL("EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on))
+            sql.SQL("EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(
+                rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on)
+            )
             for i, (_, rel) in enumerate(bound[1:], start=1)
         ]
         select = sql.SQL("SELECT p.* FROM {} p WHERE {}").format(bound[0][1], sql.SQL(" AND ").join(exists))
@@ -596,10 +703,14 @@ class ExclusionOperator(_CombineOperator):
         pops = [p for p, _ in bound]
         on = self.compare_columns(pops, "exclude")
         not_exists = [
-            sql.SQL("NOT EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on))
+            sql.SQL("NOT EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(
+                rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on)
+            )
             for i, (_, rel) in enumerate(bound[1:], start=1)
         ]
-        select = sql.SQL("SELECT p.* FROM {} p WHERE {}").format(bound[0][1], sql.SQL(" AND ").join(not_exists))
+        select = sql.SQL("SELECT p.* FROM {} p WHERE {}").format(
+            bound[0][1], sql.SQL(" AND ").join(not_exists)
+        )
         return self.finish(conn, context, select, pops[0])
 
 
@@ -615,7 +726,15 @@ class DeduplicationOperator(CampaignBaseOperator):
 
     template_fields: Sequence[str] = ("population", "on", "prefer")
 
-    def __init__(self, *, population: Any, on: Sequence[str] | None = None, keep: int = 1, prefer: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        population: Any,
+        on: Sequence[str] | None = None,
+        keep: int = 1,
+        prefer: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(keep, int) or keep < 1:
             raise CampaignError(f"keep={keep!r}: give a whole number >= 1.")
@@ -629,13 +748,18 @@ class DeduplicationOperator(CampaignBaseOperator):
             ((pop, rel),) = self.inputs(conn, [self.population], "population")
             on = self.on or [pop.key]
             _check_columns("on", on, pop.columns)
-            order = [sql.SQL(self.prefer)] if self.prefer else []
+            order: list[sql.Composable] = [sql.SQL(self.prefer)] if self.prefer else []
             order.append(sql.Identifier(pop.key))
             select = sql.SQL(
                 "SELECT {cols} FROM (SELECT p.*, row_number() OVER (PARTITION BY {on} ORDER BY {order}) AS _rn "
                 "FROM {rel} p) d WHERE _rn <= {keep}"
-            ).format(cols=_idents(pop.columns), on=_idents(on), order=sql.SQL(", ").join(order), rel=rel,
-                     keep=sql.Literal(self.keep))
+            ).format(
+                cols=_idents(pop.columns),
+                on=_idents(on),
+                order=sql.SQL(", ").join(order),
+                rel=rel,
+                keep=sql.Literal(self.keep),
+            )
             out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="prefer")
             self.check_empty(out)
             return out
@@ -664,7 +788,14 @@ class EnrichmentOperator(CampaignBaseOperator):
 
     template_fields: Sequence[str] = ("population", "columns", "joins")
 
-    def __init__(self, *, population: Any, columns: dict[str, str] | None = None, joins: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        population: Any,
+        columns: dict[str, str] | None = None,
+        joins: Sequence[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.population = population
         self.columns = dict(columns or {})
@@ -688,8 +819,11 @@ class EnrichmentOperator(CampaignBaseOperator):
         froms: list[sql.Composable] = [sql.SQL("{} p").format(rel)]
         if pop.resource:
             resource = Resource.resolve(conn, pop.resource, pop.key)
-            froms.append(sql.SQL("LEFT JOIN {} r ON r.{} = p.{}").format(
-                resource.ident, sql.Identifier(resource.key), sql.Identifier(pop.key)))
+            froms.append(
+                sql.SQL("LEFT JOIN {} r ON r.{} = p.{}").format(
+                    resource.ident, sql.Identifier(resource.key), sql.Identifier(pop.key)
+                )
+            )
         for i, join in enumerate(self.joins):
             kind = join.get("kind", "optional")
             alias = sql.Identifier(join["alias"])
@@ -699,28 +833,39 @@ class EnrichmentOperator(CampaignBaseOperator):
             cols = dict(join.get("columns") or {})
             if kind == "many":
                 inner = sql.SQL(", ").join(
-                    sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in cols.items())
-                froms.append(sql.SQL("LEFT JOIN LATERAL (SELECT {} FROM {} {} WHERE {}) {} ON true").format(
-                    inner, table, alias, sql.SQL(join["on"]), alias))
+                    sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in cols.items()
+                )
+                froms.append(
+                    sql.SQL("LEFT JOIN LATERAL (SELECT {} FROM {} {} WHERE {}) {} ON true").format(
+                        inner, table, alias, sql.SQL(join["on"]), alias
+                    )
+                )
                 added.update({n: f'{join["alias"]}."{n}"' for n in cols})
                 continue
             with sql_errors(f"joins[{i}]"):
-                dup = conn.execute(sql.SQL(
-                    "SELECT 1 FROM {} p JOIN {} {} ON {} GROUP BY p.ctid HAVING count(*) > 1 LIMIT 1").format(
-                    rel, table, alias, sql.SQL(join["on"]))).fetchone()
+                dup = conn.execute(
+                    sql.SQL(
+                        "SELECT 1 FROM {} p JOIN {} {} ON {} GROUP BY p.ctid HAVING count(*) > 1 LIMIT 1"
+                    ).format(rel, table, alias, sql.SQL(join["on"]))
+                ).fetchone()
             if dup:
                 raise CampaignError(
                     f"joins[{i}] ({join['table']} as {join['alias']}, kind {kind!r}) matches several rows for "
                     "some population rows; use kind='many' with aggregate columns, or a narrower on."
                 )
-            froms.append(sql.SQL("{} {} {} ON {}").format(
-                sql.SQL("JOIN" if kind == "one" else "LEFT JOIN"), table, alias, sql.SQL(join["on"])))
+            froms.append(
+                sql.SQL("{} {} {} ON {}").format(
+                    sql.SQL("JOIN" if kind == "one" else "LEFT JOIN"), table, alias, sql.SQL(join["on"])
+                )
+            )
             added.update(cols)
         clash = [n for n in added if n in pop.columns]
         if clash:
             raise CampaignError(f"columns: {clash} already exist in the population; choose other names.")
         select = sql.SQL("SELECT p.*, {} FROM {}").format(
-            sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in added.items()),
+            sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in added.items()
+            ),
             sql.SQL(" ").join(froms),
         )
         out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="columns/joins")
@@ -771,7 +916,9 @@ class SegmentationOperator(CampaignBaseOperator):
             raise CampaignError("segments: give at least one segment {'code': ..., 'where': ...}.")
         for i, code in enumerate(codes):
             if not isinstance(code, str) or not _CODE.match(code):
-                raise CampaignError(f"segments[{i}].code={code!r}: use letters, digits and _ (starting with a letter).")
+                raise CampaignError(
+                    f"segments[{i}].code={code!r}: use letters, digits and _ (starting with a letter)."
+                )
         if len(set(codes)) != len(codes):
             raise CampaignError(f"segments: codes must be unique (with complement_code); got {codes}.")
         for i, seg in enumerate(self.segments):
@@ -793,45 +940,78 @@ class SegmentationOperator(CampaignBaseOperator):
         ((pop, rel),) = self.inputs(conn, [self.population], "population")
         columns = [c for c in pop.columns if c != "segment_code"]
         seed = self.seed if self.seed is not None else run_identity(context)["run_id"]
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE seg_work ON COMMIT DROP AS SELECT row_number() OVER () AS _rid, {} FROM {} p"
-        ).format(_idents(columns, "p"), rel))
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE seg_work ON COMMIT DROP AS SELECT row_number() OVER () AS _rid, {} FROM {} p"
+            ).format(_idents(columns, "p"), rel)
+        )
         conn.execute("CREATE TEMP TABLE seg_assign (_rid bigint NOT NULL, code text NOT NULL) ON COMMIT DROP")
         conn.execute("ANALYZE seg_work")
         for i, seg in enumerate(self.segments):
             if seg.get("random"):
-                order = sql.SQL("md5({} || w.{}::text)").format(sql.Literal(f"{seed}/{seg['code']}/"), sql.Identifier(pop.key))
+                order = sql.SQL("md5({} || w.{}::text)").format(
+                    sql.Literal(f"{seed}/{seg['code']}/"), sql.Identifier(pop.key)
+                )
             elif seg.get("order_by"):
                 order = sql.SQL("{}, w.{}").format(sql.SQL(seg["order_by"]), sql.Identifier(pop.key))
             else:
                 order = sql.SQL("w.{}").format(sql.Identifier(pop.key))
-            conds = [sql.SQL("({})").format(sql.SQL(seg["where"]))] if seg.get("where") else [sql.SQL("true")]
+            conds: list[sql.Composable] = (
+                [sql.SQL("({})").format(sql.SQL(seg["where"]))] if seg.get("where") else [sql.SQL("true")]
+            )
             if not self.overlap:
                 conds.append(sql.SQL("NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid)"))
-            bounds = [sql.SQL("_rn <= {}").format(sql.Literal(int(seg["limit"])))] if seg.get("limit") is not None else []
+            bounds: list[sql.Composable] = (
+                [sql.SQL("_rn <= {}").format(sql.Literal(int(seg["limit"])))]
+                if seg.get("limit") is not None
+                else []
+            )
             if seg.get("percent") is not None:
-                bounds.append(sql.SQL("_rn <= ceil(_n * {} / 100.0)").format(sql.Literal(float(seg["percent"]))))
+                bounds.append(
+                    sql.SQL("_rn <= ceil(_n * {} / 100.0)").format(sql.Literal(float(seg["percent"])))
+                )
             with sql_errors(f"segments[{i}]"):
-                conn.execute(sql.SQL(
-                    "INSERT INTO seg_assign (_rid, code) SELECT _rid, {code} FROM (SELECT w._rid, "
-                    "row_number() OVER (ORDER BY {order}) AS _rn, count(*) OVER () AS _n FROM seg_work w "
-                    "WHERE {conds}) c WHERE {bounds}"
-                ).format(code=sql.Literal(seg["code"]), order=order, conds=sql.SQL(" AND ").join(conds),
-                         bounds=sql.SQL(" AND ").join(bounds or [sql.SQL("true")])))
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO seg_assign (_rid, code) SELECT _rid, {code} FROM (SELECT w._rid, "
+                        "row_number() OVER (ORDER BY {order}) AS _rn, count(*) OVER () AS _n FROM seg_work w "
+                        "WHERE {conds}) c WHERE {bounds}"
+                    ).format(
+                        code=sql.Literal(seg["code"]),
+                        order=order,
+                        conds=sql.SQL(" AND ").join(conds),
+                        bounds=sql.SQL(" AND ").join(bounds or [sql.SQL("true")]),
+                    )
+                )
         outputs: dict[str, Population] = {}
         for seg in self.segments:
             select = sql.SQL(
                 "SELECT {cols}, {code}::text AS segment_code FROM seg_work w JOIN seg_assign a "
                 "ON a._rid = w._rid AND a.code = {code} ORDER BY w._rid"
             ).format(cols=_idents(columns, "w"), code=sql.Literal(seg["code"]))
-            outputs[seg["code"]] = self.save(conn, context, select, key=pop.key, resource=pop.resource, suffix=seg["code"], option="segments")
+            outputs[seg["code"]] = self.save(
+                conn,
+                context,
+                select,
+                key=pop.key,
+                resource=pop.resource,
+                suffix=seg["code"],
+                option="segments",
+            )
         if self.complement:
             select = sql.SQL(
                 "SELECT {cols}, {code}::text AS segment_code FROM seg_work w "
                 "WHERE NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid) ORDER BY w._rid"
             ).format(cols=_idents(columns, "w"), code=sql.Literal(self.complement_code))
             outputs[self.complement_code] = self.save(
-                conn, context, select, key=pop.key, resource=pop.resource, suffix=self.complement_code, option="segments")
+                conn,
+                context,
+                select,
+                key=pop.key,
+                resource=pop.resource,
+                suffix=self.complement_code,
+                option="segments",
+            )
         if not any(p.count for p in outputs.values()):
             self.check_empty(next(iter(outputs.values())), "segmentation")
         return outputs
