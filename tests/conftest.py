@@ -22,6 +22,9 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parent.pa
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
+from psycopg import sql  # noqa: E402
+from psycopg.conninfo import make_conninfo  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
 
 from airflow_campaign.embedded import connection_fields  # noqa: E402
 
@@ -29,24 +32,29 @@ SEED_PROFILES = 3000
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of the test Postgres; sets AIRFLOW_CONN_CAMPAIGN_DEFAULT to it."""
-    url = os.environ.get("CAMPAIGN_TEST_DATABASE_URL")
-    server = None
-    if not url:
-        from airflow_campaign import embedded
+def embedded_server() -> Iterator[Any]:
+    """The embedded Postgres the tests run on, or None when $CAMPAIGN_TEST_DATABASE_URL is set."""
+    if os.environ.get("CAMPAIGN_TEST_DATABASE_URL"):
+        yield None
+        return
+    from airflow_campaign import embedded
 
-        # a short path: the server's Unix socket lives in the data directory
-        server = embedded.start(Path(tempfile.mkdtemp(prefix="cpg-", dir="/tmp")) / "pg")
-        url = server.url
+    # a short path: the server's Unix socket lives in the data directory
+    server = embedded.start(Path(tempfile.mkdtemp(prefix="cpg-", dir="/tmp")) / "pg")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded_server: Any) -> str:
+    """URL of the test Postgres, migrated; sets AIRFLOW_CONN_CAMPAIGN_DEFAULT to it."""
+    url = os.environ.get("CAMPAIGN_TEST_DATABASE_URL") or embedded_server.url
     os.environ["AIRFLOW_CONN_CAMPAIGN_DEFAULT"] = json.dumps(connection_fields(url))
     from airflow_campaign.schema import migrate
 
     with psycopg.connect(url, autocommit=True) as conn:
         migrate.upgrade(conn)
-    yield url
-    if server is not None:
-        server.stop()
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +105,131 @@ def context() -> Any:
     return make
 
 
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's own metadata database (SQLite), migrated once, for dag.test()."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> Iterator[Any]:
+    """Make empty databases on the test server: ``fresh_database()`` returns a new one's URL.
+
+    Each is dropped at the end of the test; the shared seeded database is left alone.
+    """
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"campaign_t_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(name)
+        return make_conninfo(database_url, dbname=name)
+
+    yield make
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server over real HTTP; AIRFLOW_CONN_AWS_DEFAULT points boto3 at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    previous = os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing-access-key",
+            "password": "testing-secret-key",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    )
+    yield endpoint
+    if previous is None:
+        os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+    else:
+        os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = previous
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Any:
+    """A boto3 S3 client on the moto server (independent of the code under test)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing-access-key",
+        aws_secret_access_key="testing-secret-key",
+    )
+
+
 def count(conn: psycopg.Connection, query: str, *params: Any) -> int:
     """First column of the first row of ``query``."""
     return int(conn.execute(query, params or None).fetchone()[0])
 
 
-@pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """Airflow's own metadata database (SQLite), migrated once, for dag.test()."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+def ids(conn: psycopg.Connection, population: dict[str, Any], column: str | None = None) -> list[Any]:
+    """The sorted values of ``column`` (default the key) in a table population's staging table."""
+    column = column or population["key"]
+    schema, table = population["table"].split(".")
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM {} ORDER BY 1").format(sql.Identifier(column), sql.Identifier(schema, table))
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def rows(conn: psycopg.Connection, population: dict[str, Any], order_by: str | None = None) -> list[dict]:
+    """Every row of a table population's staging table as dicts, ordered by the key."""
+    schema, table = population["table"].split(".")
+    cur = conn.cursor(row_factory=dict_row)
+    return cur.execute(
+        sql.SQL("SELECT * FROM {} ORDER BY {}").format(
+            sql.Identifier(schema, table), sql.Identifier(order_by or population["key"])
+        )
+    ).fetchall()
+
+
+def staged(
+    conn: psycopg.Connection, ctx: dict[str, Any], suffixes: tuple[str, ...] = ("", "rejects")
+) -> list[str]:
+    """What a task try left in the database: its campaign.staging_tables rows, its staging
+    tables (by the deterministic names its outputs get), and any unrecorded staging table."""
+    from airflow_campaign.hooks.campaign import STAGING_SCHEMA, staging_table_name
+
+    ti = ctx["ti"]
+    found = [
+        f"recorded {r[0]}"
+        for r in conn.execute(
+            "SELECT table_name FROM campaign.staging_tables WHERE dag_id = %s AND task_id = %s AND run_id = %s",
+            (ti.dag_id, ti.task_id, ti.run_id),
+        )
+    ]
+    for suffix in suffixes:
+        name = (
+            f"{STAGING_SCHEMA}.{staging_table_name(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, suffix)}"
+        )
+        if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:
+            found.append(f"table {name}")
+    found += [f"unrecorded {t}" for t in orphans(conn)]
+    return found
+
+
+def orphans(conn: psycopg.Connection) -> list[str]:
+    """Tables in the staging schema that campaign.staging_tables does not record."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'campaign_staging' AND c.relkind = 'r' AND NOT EXISTS"
+            " (SELECT 1 FROM campaign.staging_tables s WHERE s.table_name = n.nspname || '.' || c.relname)"
+        )
+    ]

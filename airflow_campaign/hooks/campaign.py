@@ -77,6 +77,7 @@ class CampaignHook(PostgresHook):
         params: Sequence[Any] | dict[str, Any] | None = None,
         *,
         identity: dict[str, Any],
+        output: str = "",
     ) -> int:
         """Replace ``campaign_staging.<table>`` with the rows of ``select``; return the row count.
 
@@ -90,10 +91,10 @@ class CampaignHook(PostgresHook):
         cur = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(target, select), params)
         count = cur.rowcount
         conn.execute(
-            "INSERT INTO campaign.staging_tables (table_name, dag_id, task_id, run_id, map_index, row_count)"
-            " VALUES (%(table)s, %(dag_id)s, %(task_id)s, %(run_id)s, %(map_index)s, %(count)s)"
+            "INSERT INTO campaign.staging_tables (table_name, dag_id, task_id, run_id, map_index, output, row_count)"
+            " VALUES (%(table)s, %(dag_id)s, %(task_id)s, %(run_id)s, %(map_index)s, %(output)s, %(count)s)"
             " ON CONFLICT (table_name) DO UPDATE SET row_count = EXCLUDED.row_count, updated_at = now()",
-            {"table": f"{STAGING_SCHEMA}.{table}", "count": count, **identity},
+            {"table": f"{STAGING_SCHEMA}.{table}", "count": count, "output": output, **identity},
         )
         return count
 

@@ -93,7 +93,7 @@ class CampaignBaseOperator(BaseOperator):
         identity = run_identity(context)
         name = staging_table_name(suffix=suffix, **identity)
         with sql_errors(option):
-            count = CampaignHook.replace_table(conn, name, select, params, identity=identity)
+            count = CampaignHook.replace_table(conn, name, select, params, identity=identity, output=suffix)
         table = f"{STAGING_SCHEMA}.{name}"
         columns = [c for c, _ in CampaignHook.columns_of(conn, table)]
         if key not in columns:

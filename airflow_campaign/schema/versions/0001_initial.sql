@@ -177,6 +177,7 @@ CREATE TABLE campaign.staging_tables (
     task_id    text NOT NULL,
     run_id     text NOT NULL,
     map_index  integer NOT NULL DEFAULT -1,
+    output     text NOT NULL DEFAULT '',
     row_count  bigint,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()

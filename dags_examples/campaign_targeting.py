@@ -1,0 +1,89 @@
+"""Demo campaign: target French newsletter readers, clean the list, enrich and split it into segments.
+
+Runs on the seeded demo data (``airflow-campaign seed``): `make demo` runs it with ``dag.test()``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import DAG
+
+from airflow_campaign.operators.targeting import (
+    DeduplicationOperator,
+    EnrichmentOperator,
+    ExclusionOperator,
+    IntersectionOperator,
+    LoadFileOperator,
+    QueryOperator,
+    ReadAudienceOperator,
+    SegmentationOperator,
+)
+
+SIGNUPS = os.path.join(os.environ.get("CAMPAIGN_DEMO_DIR", ".campaign"), "in", "store_signups.csv")
+
+with DAG(
+    dag_id="campaign_targeting",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    params={"signups_path": SIGNUPS},
+    tags=["campaign", "example"],
+    doc_md=__doc__,
+) as dag:
+    french_profiles = QueryOperator(
+        task_id="french_profiles",
+        where="country = 'FR' AND email IS NOT NULL AND NOT email_denylisted",
+        columns=["email", "first_name", "loyalty_points"],
+    )
+    newsletter_readers = QueryOperator(
+        task_id="newsletter_readers",
+        sql=(
+            "SELECT s.profile_id AS id FROM campaign.subscriptions s "
+            "JOIN campaign.services v ON v.id = s.service_id WHERE v.name = 'newsletter'"
+        ),
+    )
+    french_readers = IntersectionOperator(
+        task_id="french_readers", populations=[french_profiles.output, newsletter_readers.output]
+    )
+    do_not_contact = ReadAudienceOperator(task_id="do_not_contact", audience="do_not_contact")
+    contactable = ExclusionOperator(
+        task_id="contactable", primary=french_readers.output, exclude=[do_not_contact.output]
+    )
+    one_per_address = DeduplicationOperator(
+        task_id="one_per_address", population=contactable.output, on=["email"], prefer="loyalty_points DESC"
+    )
+    enriched = EnrichmentOperator(
+        task_id="enriched",
+        population=one_per_address.output,
+        columns={"locale": "r.locale", "time_zone": "r.time_zone"},
+        joins=[
+            {
+                "table": "campaign.subscriptions",
+                "alias": "s",
+                "on": "s.profile_id = p.id",
+                "kind": "many",
+                "columns": {"services": "count(*)"},
+            }
+        ],
+    )
+    segments = SegmentationOperator(
+        task_id="segments",
+        population=enriched.output,
+        segments=[
+            {"code": "gold", "where": "loyalty_points >= 8000"},
+            {"code": "test_cell", "percent": 10, "random": True},
+        ],
+        complement_code="regular",
+        seed="demo",
+    )
+    store_signups = LoadFileOperator(
+        task_id="store_signups",
+        path="{{ params.signups_path }}",
+        reconcile_on="email",
+        types={"points": "integer"},
+    )
+    new_readers = ExclusionOperator(
+        task_id="new_readers", primary=store_signups.output, exclude=[newsletter_readers.output]
+    )
