@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet")
 LINE_COLUMN = "_line"
 _CHUNK = 1 << 20
 _TEMP_NAMES = itertools.count()
+_COPY_LINE = re.compile(r"line (\d+)(?:, column [^:]*)?(?:: (.*))?$")
 
 
 def infer_format(path: str) -> str:
@@ -67,7 +69,10 @@ def open_source(path: str, aws_conn_id: str | None = "aws_default") -> Iterator[
             body = S3Hook(aws_conn_id=aws_conn_id).get_conn().get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            raise CampaignError(f"path={path!r}: cannot read the S3 object ({code}).") from exc
+            raise CampaignError(
+                f"path={path!r}: cannot read the S3 object ({code}). Check the bucket and key, and "
+                f"that aws_conn_id={aws_conn_id!r} may read them."
+            ) from exc
         raw: IO[bytes] = body  # botocore StreamingBody has read(n)
         try:
             yield gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw  # type: ignore[misc]
@@ -75,7 +80,7 @@ def open_source(path: str, aws_conn_id: str | None = "aws_default") -> Iterator[
             body.close()
         return
     if not os.path.isfile(path):
-        raise CampaignError(f"path={path!r}: no such file.")
+        raise CampaignError(f"path={path!r}: no such file; give an existing local path or s3://bucket/key.")
     with open(path, "rb") as handle:
         yield gzip.GzipFile(fileobj=handle) if path.endswith(".gz") else handle  # type: ignore[misc]
 
@@ -99,11 +104,11 @@ def load_raw(
     """
     with open_source(path, aws_conn_id) as stream:
         if format in ("csv", "tsv"):
-            return _load_delimited(conn, stream, format, columns, header, delimiter, encoding)
+            return _load_delimited(conn, path, stream, format, columns, header, delimiter, encoding)
         if format == "jsonl":
-            return _load_jsonl(conn, stream, columns, encoding)
+            return _load_jsonl(conn, path, stream, columns, encoding)
         if format == "parquet":
-            return _load_parquet(conn, stream, columns)
+            return _load_parquet(conn, path, stream, columns)
     raise CampaignError(f"format={format!r} is not valid; use one of {list(FORMATS)}.")
 
 
@@ -128,6 +133,7 @@ def _create_raw(conn: psycopg.Connection, columns: list[str]) -> str:
 
 def _load_delimited(
     conn: psycopg.Connection,
+    path: str,
     stream: IO[bytes],
     format: str,
     columns: list[str] | None,
@@ -146,16 +152,24 @@ def _load_delimited(
         first = first[len(codecs.BOM_UTF8) :]
     if header:
         line_end = first.find(b"\n")
-        head_line = (first if line_end < 0 else first[:line_end]).decode(encoding).rstrip("\r")
-        file_columns = next(csv.reader([head_line], delimiter=delimiter))
+        try:
+            head_line = (first if line_end < 0 else first[:line_end]).decode(encoding).rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise _not_encoded(path, encoding, exc) from exc
+        file_columns = next(csv.reader([head_line], delimiter=delimiter), [])
         file_columns = [c.strip() for c in file_columns]
         first = b"" if line_end < 0 else first[line_end + 1 :]
         if columns and columns != file_columns:
             missing = [c for c in columns if c not in file_columns]
             if missing:
-                raise CampaignError(f"columns: {missing} not in the file's header {file_columns}.")
+                raise CampaignError(
+                    f"columns={columns!r}: {missing} not in the header of {path!r} {file_columns}; "
+                    "name header columns, or pass header=False for a file without a header line."
+                )
     elif not columns:
-        raise CampaignError("columns: a file without a header needs columns=[...] naming each field.")
+        raise CampaignError(
+            f"columns: {path!r} has no header (header=False), so columns=[...] must name each field."
+        )
     else:
         file_columns = columns
     table = _create_raw(conn, file_columns)
@@ -172,48 +186,64 @@ def _load_delimited(
     try:
         CampaignHook.copy_text_in(conn, table, file_columns, chunks(), options)
     except psycopg.errors.DataError as exc:
-        where = (exc.diag.context or "").strip().splitlines()[-1:] or [""]
+        context = (exc.diag.context or "").strip().splitlines()[-1:] or [""]
+        found = _COPY_LINE.search(context[0])
+        at = f" at line {int(found.group(1)) + (1 if header else 0)}" if found else ""
+        snippet = f": {found.group(2)}" if found and found.group(2) else ""
         raise CampaignError(
-            f"path: malformed {format} data ({exc.diag.message_primary}; {where[0]}). Nothing was loaded."
+            f"path={path!r}: malformed {format}{at} ({exc.diag.message_primary}{snippet}). Fix the file, or "
+            "check format=, delimiter=, header= and encoding=; nothing was loaded."
         ) from exc
     return table, file_columns, {}
 
 
 def _load_jsonl(
-    conn: psycopg.Connection, stream: IO[bytes], columns: list[str] | None, encoding: str
+    conn: psycopg.Connection, path: str, stream: IO[bytes], columns: list[str] | None, encoding: str
 ) -> tuple[str, list[str], dict[str, str]]:
-    text = io.TextIOWrapper(stream, encoding=encoding)  # type: ignore[type-var]
-    records = (json.loads(line) for line in text if line.strip())
-    try:
-        head = next(records)
-    except StopIteration:
-        head = None
-    except json.JSONDecodeError as exc:
-        raise CampaignError(f"path: line 1 is not JSON ({exc.msg}).") from exc
-    file_columns = columns or (list(head) if isinstance(head, dict) else [])
+    records = _json_records(path, stream, encoding)
+    head = next(records, None)
+    file_columns = columns or (list(head[1]) if head else [])
     table = _create_raw(conn, file_columns)
     if head is None:
         return table, file_columns, {}
-
-    def rows() -> Iterator[list[Any]]:
-        line = 0
-        try:
-            for record in itertools.chain([head], records):
-                line += 1
-                if not isinstance(record, dict):
-                    raise CampaignError(f"path: line {line} is not a JSON object.")
-                yield [_as_text(record.get(c)) for c in file_columns]
-        except json.JSONDecodeError as exc:
-            raise CampaignError(
-                f"path: line {line + 1} is not JSON ({exc.msg}). Nothing was loaded."
-            ) from exc
-
-    CampaignHook.copy_rows_in(conn, table, file_columns, rows())
+    rows = ([_as_text(record.get(c)) for c in file_columns] for _, record in itertools.chain([head], records))
+    CampaignHook.copy_rows_in(conn, table, file_columns, rows)
     return table, file_columns, {}
 
 
+def _json_records(path: str, stream: IO[bytes], encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines stream."""
+    text = io.TextIOWrapper(stream, encoding=encoding)  # type: ignore[type-var]
+    number = 0
+    try:
+        for number, line in enumerate(text, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CampaignError(
+                    f"path={path!r}: line {number} is not JSON ({exc.msg}). Fix the file; nothing was loaded."
+                ) from exc
+            if not isinstance(record, dict):
+                raise CampaignError(
+                    f"path={path!r}: line {number} is not a JSON object; JSON Lines needs one object per line."
+                )
+            yield number, record
+    except UnicodeDecodeError as exc:
+        raise _not_encoded(path, encoding, exc, number + 1) from exc
+
+
+def _not_encoded(path: str, encoding: str, exc: UnicodeDecodeError, line: int | None = None) -> CampaignError:
+    where = f" (line {line})" if line else ""
+    return CampaignError(
+        f"path={path!r}: not valid {encoding} text{where}: {exc.reason}. Pass the file's encoding, "
+        "e.g. encoding='latin-1'."
+    )
+
+
 def _load_parquet(
-    conn: psycopg.Connection, stream: IO[bytes], columns: list[str] | None
+    conn: psycopg.Connection, path: str, stream: IO[bytes], columns: list[str] | None
 ) -> tuple[str, list[str], dict[str, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -225,8 +255,17 @@ def _load_parquet(
             source: IO[bytes] = spool
         else:
             source = stream
-        parquet = pq.ParquetFile(source)
-        file_columns = columns or list(parquet.schema_arrow.names)
+        try:
+            parquet = pq.ParquetFile(source)
+        except pa.ArrowException as exc:
+            raise CampaignError(
+                f"path={path!r}: not a Parquet file ({exc}). Check format= or fix the file."
+            ) from exc
+        names = list(parquet.schema_arrow.names)
+        missing = [c for c in columns or [] if c not in names]
+        if missing:
+            raise CampaignError(f"columns={columns!r}: {missing} not in the Parquet file {path!r} {names}.")
+        file_columns = columns or names
         types = {}
         for name in file_columns:
             arrow_type = parquet.schema_arrow.field(name).type

@@ -17,6 +17,7 @@ from airflow_campaign.errors import CampaignError
 from airflow_campaign.hooks.campaign import CampaignHook, qualified
 
 Kind = Literal["table", "inline"]
+INPUT_KINDS: tuple[str, ...] = ("table", "inline")
 _TEMP_NAMES = itertools.count()
 
 
@@ -65,7 +66,14 @@ class Population:
         if isinstance(value, Population):
             return value
         if isinstance(value, Mapping):
-            if value.get("kind") in ("table", "inline"):
+            if value.get("kind") in INPUT_KINDS:
+                needed = ("key", "table") if value["kind"] == "table" else ("key", "rows")
+                missing = [k for k in needed if value.get(k) is None]
+                if missing:
+                    raise CampaignError(
+                        f"{option}: the population dict lacks {missing}; pass the dict an upstream "
+                        "campaign task returned (or its XComArg), unchanged."
+                    )
                 return cls(
                     kind=value["kind"],
                     key=value["key"],

@@ -29,6 +29,11 @@ def literal_choices(literal: Any) -> tuple[Any, ...]:
     return get_args(literal)
 
 
+def input_labels(option: str, n: int) -> list[str]:
+    """How errors name ``n`` inputs given to ``option``: ``option`` alone, or ``option[i]``."""
+    return [option] if n == 1 else [f"{option}[{i}]" for i in range(n)]
+
+
 def run_identity(context: Any) -> dict[str, Any]:
     """dag_id, task_id, run_id and map_index of the running task instance."""
     ti = context["ti"]
@@ -116,8 +121,7 @@ class CampaignBaseOperator(BaseOperator):
     ) -> list[tuple[Population, sql.Composable]]:
         """Coerce and bind each input population, checking they exist."""
         out = []
-        for i, value in enumerate(values):
-            label = f"{option}[{i}]" if len(values) > 1 else option
+        for label, value in zip(input_labels(option, len(values)), values, strict=True):
             pop = Population.from_value(value, label)
             out.append((pop, pop.bind(conn, label)))
         return out

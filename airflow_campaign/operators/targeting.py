@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import psycopg
@@ -11,15 +11,16 @@ from psycopg import sql
 
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.files import FORMATS, LINE_COLUMN, infer_format, load_raw
-from airflow_campaign.hooks.campaign import CampaignHook
+from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import (
     CampaignBaseOperator,
     check_choice,
+    input_labels,
     literal_choices,
     run_identity,
     sql_errors,
 )
-from airflow_campaign.population import Population
+from airflow_campaign.population import INPUT_KINDS, Population
 from airflow_campaign.resources import Resource
 
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
@@ -40,14 +41,14 @@ def _key_is_unique(conn: psycopg.Connection, table: str, key: str) -> bool:
     return bool(row and row[0])
 
 
-def _same_resource(pops: Sequence[Population], option: str) -> None:
+def _same_resource(pops: Sequence[Population], labels: Sequence[str]) -> None:
     first = pops[0]
-    for i, pop in enumerate(pops[1:], start=1):
+    for label, pop in zip(labels[1:], pops[1:], strict=True):
         if (pop.resource, pop.key) != (first.resource, first.key):
             raise CampaignError(
-                f"{option}[{i}] is a population of resource {pop.resource!r} (key {pop.key!r}), not "
-                f"{first.resource!r} (key {first.key!r}); combine populations of one resource, or "
-                "compare by columns with on=[...]."
+                f"{label} is a population of resource {pop.resource!r} (key {pop.key!r}), not "
+                f"{first.resource!r} (key {first.key!r}) like {labels[0]}; combine populations of one "
+                "resource, or compare by columns with on=[...]."
             )
 
 
@@ -66,9 +67,12 @@ class QueryOperator(CampaignBaseOperator):
         ``"country = 'FR' AND birth_date IS NOT NULL"``.
     :param columns: resource columns to carry in the population (the key is always included).
     :param additional: extra SQL select list, e.g. ``"date_part('year', birth_date) AS birth_year"``.
-    :param distinct: drop duplicate rows (skipped when the key is already unique in the resource).
-    :param limit: keep at most this many rows (ordered by ``order_by``, default the key).
-    :param order_by: SQL ORDER BY list used with ``limit``.
+    :param distinct: drop duplicate rows (skipped when the key is already unique in the resource,
+        since every row is then distinct).
+    :param limit: keep at most this many rows (ordered by ``order_by``, then the key).
+    :param order_by: SQL ORDER BY list used with ``limit``, over the resource's columns (alias
+        ``r``), e.g. ``"loyalty_points DESC"``. With ``sql=``, or when ``distinct`` applies to a
+        resource whose key is not unique, it orders the selected columns instead.
     :param sql: a whole SELECT instead of ``where``/``columns``; it must return the key column.
     :param parameters: values for ``%(name)s`` placeholders in ``where`` or ``sql``.
     """
@@ -118,46 +122,59 @@ class QueryOperator(CampaignBaseOperator):
         self.parameters = parameters
 
     def user_sql_option(self) -> str:
-        return (
-            "sql"
-            if self.sql
-            else "/".join(o for o in ("where", "additional", "order_by") if getattr(self, o)) or "where"
-        )
+        """The option(s) holding user-written SQL, with the value when there is only one."""
+        given = [
+            (o, getattr(self, o)) for o in ("sql", "where", "additional", "order_by") if getattr(self, o)
+        ]
+        if len(given) == 1:
+            return f"{given[0][0]}={given[0][1]!r}"
+        return "/".join(o for o, _ in given) or "sql"
 
     def select_statement(self, conn: psycopg.Connection, resource: Resource, context: Any) -> sql.Composable:
         """The SELECT that defines this query's population."""
+        key = sql.Identifier(resource.key)
         if self.sql:
             query: sql.Composable = sql.SQL(
                 "SELECT DISTINCT * FROM ({}) q" if self.distinct else "SELECT * FROM ({}) q"
             ).format(sql.SQL(self.sql.strip().rstrip(";")))
-            return self._limited(query)
+            return self._limited(query, key)
         resource.check_columns("columns", self.columns)
         names = [resource.key] + [c for c in self.columns if c != resource.key]
         select_list: list[sql.Composable] = [_idents(names, "r")]
         if self.additional:
             select_list.append(sql.SQL(self.additional))
         conditions = self.conditions(conn, resource, context)
-        distinct = self.distinct and (
-            bool(self.additional) or not _key_is_unique(conn, resource.table, resource.key)
-        )
+        distinct = self.distinct and not _key_is_unique(conn, resource.table, resource.key)
         query = sql.SQL("SELECT {distinct}{select} FROM {table} r{where}").format(
             distinct=sql.SQL("DISTINCT " if distinct else ""),
             select=sql.SQL(", ").join(select_list),
             table=resource.ident,
             where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL(""),
         )
-        return self._limited(query, resource.key)
+        if distinct:
+            return self._limited(query, key)
+        return self._limited(query, sql.SQL("r.{}").format(key), in_place=True)
 
     def conditions(self, conn: psycopg.Connection, resource: Resource, context: Any) -> list[sql.Composable]:
         return [sql.SQL("({})").format(sql.SQL(self.where))] if self.where else []
 
-    def _limited(self, query: sql.Composable, key: str | None = None) -> sql.Composable:
+    def _limited(
+        self, query: sql.Composable, tiebreak: sql.Composable, *, in_place: bool = False
+    ) -> sql.Composable:
+        """``query`` cut to ``limit`` rows in ``order_by`` order, ties broken by the key.
+
+        ``in_place`` orders the query itself (``order_by`` may then name any column of the
+        resource, alias ``r``); otherwise the query's result is ordered by its own columns.
+        """
         if self.limit is None:
             return query
-        order = sql.SQL(self.order_by) if self.order_by else (sql.Identifier(key) if key else sql.SQL("1"))
-        return sql.SQL("SELECT * FROM ({}) l ORDER BY {} LIMIT {}").format(
-            query, order, sql.Literal(self.limit)
+        order = [sql.SQL(self.order_by)] if self.order_by else []
+        clause = sql.SQL(" ORDER BY {} LIMIT {}").format(
+            sql.SQL(", ").join([*order, tiebreak]), sql.Literal(self.limit)
         )
+        if in_place:
+            return sql.Composed([query, clause])
+        return sql.SQL("SELECT * FROM ({}) l{}").format(query, clause)
 
     def execute(self, context: Any) -> dict[str, Any]:
         def work(conn: psycopg.Connection) -> Population:
@@ -370,6 +387,7 @@ class ReadAudienceOperator(CampaignBaseOperator):
         return pop.to_dict()
 
 
+_MATCH_KEY = "_match_key"
 Unmatched = Literal["reject", "keep"]
 OnReject = Literal["output", "fail"]
 
@@ -447,6 +465,21 @@ class LoadFileOperator(CampaignBaseOperator):
         context["ti"].xcom_push(key="rejects", value=rejects.to_dict())
         return pop.to_dict()
 
+    def reconcile_mapping(self) -> dict[str, str]:
+        """``{file_column: resource_column}`` from ``reconcile_on`` (empty when not reconciling)."""
+        if not self.reconcile_on:
+            return {}
+        if isinstance(self.reconcile_on, str):
+            return {self.reconcile_on: self.reconcile_on}
+        if isinstance(self.reconcile_on, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.reconcile_on.items()
+        ):
+            return dict(self.reconcile_on)
+        raise CampaignError(
+            f"reconcile_on={self.reconcile_on!r}: give a column name present in the file and the "
+            "resource, or {file_column: resource_column}."
+        )
+
     def _load(self, conn: psycopg.Connection, context: Any) -> tuple[Population, Population]:
         fmt = self.format or infer_format(self.path)
         raw, file_columns, file_types = load_raw(
@@ -461,42 +494,113 @@ class LoadFileOperator(CampaignBaseOperator):
         )
         wanted = self.columns or file_columns
         _check_columns("types", list(self.types), wanted)
+        _check_type_names(conn, "types", self.types)
         types = {c: self.types.get(c) or file_types.get(c) or "text" for c in wanted}
-        check_types = conn.info.server_version >= 160000
+        mapping = self.reconcile_mapping()
+        resource: Resource | None = None
+        checks = [(c, t) for c, t in types.items() if t != "text"]
+        if mapping:
+            option = f"reconcile_on={self.reconcile_on!r}"
+            _check_columns(option, list(mapping), wanted)
+            resource = Resource.resolve(conn, self.resource)
+            resource.check_columns(option, list(mapping.values()))
+            checks += [
+                (fc, resource.columns[rc])
+                for fc, rc in mapping.items()
+                if resource.columns[rc] != "text" and (fc, resource.columns[rc]) not in checks
+            ]
         f = sql.Identifier("f")
+        line = sql.Identifier(LINE_COLUMN)
         invalid = [
             (c, sql.SQL("NOT pg_input_is_valid({}.{}, {})").format(f, sql.Identifier(c), sql.Literal(t)))
+            for c, t in checks
+            if conn.info.server_version >= 160000
+        ]
+        reasons: list[tuple[sql.Composable, str]] = [(cond, f"invalid {c}") for c, cond in invalid]
+        typed = {
+            c: sql.SQL("{}.{}::{} AS {}").format(f, sql.Identifier(c), sql.SQL(t), sql.Identifier(c))
             for c, t in types.items()
-            if t != "text" and check_types
-        ]
-        reasons: list[tuple[sql.Composable, sql.Composable]] = [
-            (cond, sql.Literal(f"invalid {c}")) for c, cond in invalid
-        ]
-        typed = [
-            sql.SQL("{}.{}::{} AS {}").format(f, sql.Identifier(c), sql.SQL(t), sql.Identifier(c))
-            for c, t in types.items()
-        ]
-        if self.reconcile_on:
-            mapping = (
-                self.reconcile_on
-                if isinstance(self.reconcile_on, dict)
-                else {self.reconcile_on: self.reconcile_on}
+        }
+        source: sql.Composable = sql.SQL("{} f").format(sql.Identifier(raw))
+        match_key: sql.Composable = sql.SQL("")
+        if resource is not None:
+            self._match(conn, raw, mapping, resource, [cond for _, cond in invalid])
+            source = sql.SQL("{} f LEFT JOIN file_matches m ON m.line = f.{}").format(
+                sql.Identifier(raw), line
             )
-            _check_columns("reconcile_on", list(mapping), wanted)
-            resource = Resource.resolve(conn, self.resource)
-            resource.check_columns("reconcile_on", list(mapping.values()))
-            join_on = sql.SQL(" AND ").join(
-                sql.SQL("r.{} = {}.{}::{}").format(
-                    sql.Identifier(rc), f, sql.Identifier(fc), sql.SQL(resource.columns[rc])
-                )
-                for fc, rc in mapping.items()
+            match_key = sql.SQL(", m.key AS {}").format(sql.Identifier(_MATCH_KEY))
+            reasons.append((sql.SQL("m.n > 1"), "ambiguous: matches several rows"))
+            if self.unmatched == "reject":
+                reasons.append((sql.SQL("m.line IS NULL"), "unmatched"))
+            key, resource_name = resource.key, resource.name
+            select_list = [
+                sql.SQL("f.{} AS {}").format(sql.Identifier(_MATCH_KEY), sql.Identifier(key)),
+                *(expr for c, expr in typed.items() if c != key),
+            ]
+        else:
+            key = self.key or wanted[0]
+            _check_columns("key", [key], wanted)
+            resource_name = None
+            select_list = list(typed.values())
+        reason_expr = (
+            sql.SQL("CASE {} END").format(
+                sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c, sql.Literal(r)) for c, r in reasons)
             )
-            not_invalid: list[sql.Composable] = [sql.SQL("NOT ({})").format(c) for _, c in invalid]
-            valid = sql.SQL(" AND ").join(not_invalid or [sql.SQL("true")])
+            if reasons
+            else sql.SQL("NULL::text")
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE file_checked ON COMMIT DROP AS SELECT f.*{}, {} AS reject_reason FROM {}"
+            ).format(match_key, reason_expr, source)
+        )
+        rejected = sql.SQL(
+            "SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL"
+        ).format(line=line, cols=_idents(wanted))
+        rejects = self.save(
+            conn, context, rejected, key=LINE_COLUMN, resource=None, suffix="rejects", option="path"
+        )
+        if rejects.count and self.on_reject == "fail":
+            sample = conn.execute(
+                sql.SQL(
+                    "SELECT {}, reject_reason FROM file_checked WHERE reject_reason IS NOT NULL ORDER BY 1 LIMIT 5"
+                ).format(line)
+            ).fetchall()
+            raise CampaignError(
+                f"path={self.path!r}: {rejects.count} row(s) rejected and on_reject='fail' "
+                f"(first: {', '.join(f'row {n}: {r}' for n, r in sample)}). Nothing was written; fix the "
+                "file, or use on_reject='output' to pass the rejects on as a population."
+            )
+        accepted = sql.SQL(
+            "SELECT {} FROM file_checked f WHERE f.reject_reason IS NULL ORDER BY f.{}"
+        ).format(sql.SQL(", ").join(select_list), line)
+        pop = self.save(conn, context, accepted, key=key, resource=resource_name, option="path")
+        self.check_empty(pop, f"file {self.path}")
+        return pop, rejects
+
+    def _match(
+        self,
+        conn: psycopg.Connection,
+        raw: str,
+        mapping: dict[str, str],
+        resource: Resource,
+        invalid: list[sql.Composable],
+    ) -> None:
+        """``file_matches``: per file line with valid values, its resource key and match count."""
+        join_on = sql.SQL(" AND ").join(
+            sql.SQL("r.{} = f.{}::{}").format(
+                sql.Identifier(rc), sql.Identifier(fc), sql.SQL(resource.columns[rc])
+            )
+            for fc, rc in mapping.items()
+        )
+        conditions: list[sql.Composable] = [sql.SQL("NOT ({})").format(c) for c in invalid]
+        valid = sql.SQL(" AND ").join(conditions or [sql.SQL("true")])
+        with sql_errors(f"reconcile_on={self.reconcile_on!r}"):
             conn.execute(
                 sql.SQL(
-                    "CREATE TEMP TABLE file_matches ON COMMIT DROP AS SELECT f.{line} AS line, r.{key} AS key,"
-                    " count(*) OVER (PARTITION BY f.{line}) AS n FROM {raw} f JOIN {res} r ON {on} WHERE {valid}"
+                    "CREATE TEMP TABLE file_matches ON COMMIT DROP AS SELECT f.{line} AS line,"
+                    " (array_agg(r.{key}))[1] AS key, count(*) AS n FROM {raw} f JOIN {res} r ON {on}"
+                    " WHERE {valid} GROUP BY f.{line}"
                 ).format(
                     line=sql.Identifier(LINE_COLUMN),
                     key=sql.Identifier(resource.key),
@@ -506,71 +610,22 @@ class LoadFileOperator(CampaignBaseOperator):
                     valid=valid,
                 )
             )
-            m = sql.SQL("(SELECT key FROM file_matches m WHERE m.line = f.{} AND m.n = 1)").format(
-                sql.Identifier(LINE_COLUMN)
-            )
-            file_cols = [c for c in wanted if c != resource.key]
-            keep = [t for c, t in zip(types, typed, strict=True) if c in file_cols]
-            reasons += [
-                (
-                    sql.SQL("EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{} AND m.n > 1)").format(
-                        sql.Identifier(LINE_COLUMN)
-                    ),
-                    sql.Literal("ambiguous: matches several rows"),
-                ),
-            ]
-            if self.unmatched == "reject":
-                reasons.append(
-                    (
-                        sql.SQL("NOT EXISTS (SELECT 1 FROM file_matches m WHERE m.line = f.{})").format(
-                            sql.Identifier(LINE_COLUMN)
-                        ),
-                        sql.Literal("unmatched"),
-                    )
-                )
-            key, resource_name = resource.key, resource.name
-            select_list = sql.SQL(", ").join(
-                [sql.SQL("{} AS {}").format(m, sql.Identifier(resource.key)), *keep]
-            )
-        else:
-            key = self.key or wanted[0]
-            _check_columns("key", [key], wanted)
-            resource_name = None
-            select_list = sql.SQL(", ").join(typed)
-        reason_expr = (
-            sql.SQL("CASE {} END").format(
-                sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c, r) for c, r in reasons)
-            )
-            if reasons
-            else sql.SQL("NULL::text")
-        )
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE file_checked ON COMMIT DROP AS SELECT f.*, {} AS reject_reason FROM {} f"
-            ).format(reason_expr, sql.Identifier(raw))
-        )
-        rejected = sql.SQL(
-            "SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL"
-        ).format(line=sql.Identifier(LINE_COLUMN), cols=_idents(wanted))
-        rejects = self.save(
-            conn, context, rejected, key=LINE_COLUMN, resource=None, suffix="rejects", option="path"
-        )
-        if rejects.count and self.on_reject == "fail":
-            sample = conn.execute(
-                sql.SQL(
-                    "SELECT {}, reject_reason FROM file_checked WHERE reject_reason IS NOT NULL ORDER BY 1 LIMIT 5"
-                ).format(sql.Identifier(LINE_COLUMN))
-            ).fetchall()
+            conn.execute("ANALYZE file_matches")
+
+
+def _check_type_names(conn: psycopg.Connection, option: str, types: Mapping[str, str]) -> None:
+    """Raise naming ``option`` when a value of ``types`` is not a PostgreSQL type."""
+    for column, pg_type in types.items():
+        try:
+            with conn.transaction():
+                known = conn.execute("SELECT to_regtype(%s)", (pg_type,)).fetchone()
+        except psycopg.Error:
+            known = None
+        if not known or known[0] is None:
             raise CampaignError(
-                f"path={self.path!r}: {rejects.count} row(s) rejected and on_reject='fail' "
-                f"(first: {', '.join(f'row {n}: {r}' for n, r in sample)}). Nothing was written."
+                f"{option}={{{column!r}: {pg_type!r}}}: {pg_type!r} is not a PostgreSQL type; use e.g. "
+                "'integer', 'bigint', 'numeric', 'boolean', 'date' or 'timestamptz'."
             )
-        accepted = sql.SQL("SELECT {} FROM file_checked f WHERE reject_reason IS NULL ORDER BY f.{}").format(
-            select_list, sql.Identifier(LINE_COLUMN)
-        )
-        pop = self.save(conn, context, accepted, key=key, resource=resource_name, option="path")
-        self.check_empty(pop, f"file {self.path}")
-        return pop, rejects
 
 
 class _CombineOperator(CampaignBaseOperator):
@@ -583,12 +638,12 @@ class _CombineOperator(CampaignBaseOperator):
         self.populations = populations
         self.on = list(on) if on else None
 
-    def compare_columns(self, pops: Sequence[Population], option: str) -> list[str]:
+    def compare_columns(self, pops: Sequence[Population], labels: Sequence[str]) -> list[str]:
         if self.on is None:
-            _same_resource(pops, option)
+            _same_resource(pops, labels)
             return [pops[0].key]
-        for i, pop in enumerate(pops):
-            _check_columns(f"on (in {option}[{i}])", self.on, pop.columns)
+        for label, pop in zip(labels, pops, strict=True):
+            _check_columns(f"on={self.on!r} (in {label})", self.on, pop.columns)
         return self.on
 
     @staticmethod
@@ -640,7 +695,7 @@ class UnionOperator(_CombineOperator):
     def combine(self, conn: psycopg.Connection, context: Any) -> Population:
         bound = self.inputs(conn, list(self.populations), "populations")
         pops = [p for p, _ in bound]
-        on = self.compare_columns(pops, "populations")
+        on = self.compare_columns(pops, input_labels("populations", len(pops)))
         common = [c for c in pops[0].columns if all(c in p.columns for p in pops[1:])]
         parts = [
             sql.SQL("SELECT {} AS _src, {} FROM {}").format(sql.Literal(i), _idents(common), rel)
@@ -669,7 +724,7 @@ class IntersectionOperator(_CombineOperator):
     def combine(self, conn: psycopg.Connection, context: Any) -> Population:
         bound = self.inputs(conn, list(self.populations), "populations")
         pops = [p for p, _ in bound]
-        on = self.compare_columns(pops, "populations")
+        on = self.compare_columns(pops, input_labels("populations", len(pops)))
         exists = [
             sql.SQL("EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(
                 rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on)
@@ -684,7 +739,8 @@ class ExclusionOperator(_CombineOperator):
     """Rows of ``primary`` whose key (or ``on`` columns) is in none of ``exclude``.
 
     :param primary: the population to keep rows from.
-    :param exclude: one or more populations to remove.
+    :param exclude: one or more populations to remove (a list of row dicts is one inline
+        population).
     :param on: compare by these columns instead of the key (then the inputs may be of other
         resources, e.g. remove by email).
     """
@@ -692,16 +748,15 @@ class ExclusionOperator(_CombineOperator):
     template_fields: Sequence[str] = ("primary", "exclude", "on")
 
     def __init__(self, *, primary: Any, exclude: Any, on: Sequence[str] | None = None, **kwargs: Any) -> None:
-        excluded = list(exclude) if isinstance(exclude, (list, tuple)) else [exclude]
-        super().__init__(populations=[primary, *excluded], on=on, **kwargs)
+        super().__init__(populations=[primary, *_excluded(exclude)], on=on, **kwargs)
         self.primary = primary
         self.exclude = exclude
 
     def combine(self, conn: psycopg.Connection, context: Any) -> Population:
-        excluded = list(self.exclude) if isinstance(self.exclude, (list, tuple)) else [self.exclude]
+        excluded = _excluded(self.exclude)
         bound = self.inputs(conn, [self.primary], "primary") + self.inputs(conn, excluded, "exclude")
         pops = [p for p, _ in bound]
-        on = self.compare_columns(pops, "exclude")
+        on = self.compare_columns(pops, ["primary", *input_labels("exclude", len(excluded))])
         not_exists = [
             sql.SQL("NOT EXISTS (SELECT 1 FROM {} o{} WHERE {})").format(
                 rel, sql.SQL(str(i)), self.matches(f"o{i}", "p", on)
@@ -714,6 +769,15 @@ class ExclusionOperator(_CombineOperator):
         return self.finish(conn, context, select, pops[0])
 
 
+def _excluded(exclude: Any) -> list[Any]:
+    """``exclude`` as a list of inputs: one input, a list of inputs, or a list of inline rows."""
+    if not isinstance(exclude, (list, tuple)):
+        return [exclude]
+    if exclude and all(isinstance(v, Mapping) and v.get("kind") not in INPUT_KINDS for v in exclude):
+        return [list(exclude)]
+    return list(exclude)
+
+
 class DeduplicationOperator(CampaignBaseOperator):
     """Keep ``keep`` rows per value of ``on``, preferring rows by ``prefer``.
 
@@ -722,6 +786,9 @@ class DeduplicationOperator(CampaignBaseOperator):
     :param keep: how many rows to keep per duplicate group (default 1).
     :param prefer: SQL ORDER BY list choosing the rows kept, e.g. ``"loyalty_points DESC"``;
         ties are broken by the key so the result is deterministic.
+
+    A row with a NULL in an ``on`` column is a duplicate of no other row (as in a UNIQUE
+    constraint): deduplicating on ``email`` keeps every profile without an email.
     """
 
     template_fields: Sequence[str] = ("population", "on", "prefer")
@@ -752,13 +819,14 @@ class DeduplicationOperator(CampaignBaseOperator):
             order.append(sql.Identifier(pop.key))
             select = sql.SQL(
                 "SELECT {cols} FROM (SELECT p.*, row_number() OVER (PARTITION BY {on} ORDER BY {order}) AS _rn "
-                "FROM {rel} p) d WHERE _rn <= {keep}"
+                "FROM {rel} p) d WHERE _rn <= {keep} OR {any_null}"
             ).format(
                 cols=_idents(pop.columns),
                 on=_idents(on),
                 order=sql.SQL(", ").join(order),
                 rel=rel,
                 keep=sql.Literal(self.keep),
+                any_null=sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in on),
             )
             out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="prefer")
             self.check_empty(out)
@@ -815,7 +883,8 @@ class EnrichmentOperator(CampaignBaseOperator):
 
     def _enrich(self, conn: psycopg.Connection, context: Any) -> Population:
         ((pop, rel),) = self.inputs(conn, [self.population], "population")
-        added: dict[str, str] = dict(self.columns)
+        added: dict[str, sql.Composable] = {}
+        _add_columns(added, "columns", {n: sql.SQL(e) for n, e in self.columns.items()}, pop)
         froms: list[sql.Composable] = [sql.SQL("{} p").format(rel)]
         if pop.resource:
             resource = Resource.resolve(conn, pop.resource, pop.key)
@@ -828,8 +897,12 @@ class EnrichmentOperator(CampaignBaseOperator):
             kind = join.get("kind", "optional")
             alias = sql.Identifier(join["alias"])
             if not CampaignHook.columns_of(conn, join["table"]):
-                raise CampaignError(f"joins[{i}].table={join['table']!r}: no such table.")
-            table = sql.SQL(".").join(sql.Identifier(p) for p in join["table"].split(".", 1))
+                raise CampaignError(
+                    f"joins[{i}].table={join['table']!r}: no such table or view in the campaign database; "
+                    "name an existing one as 'schema.table'."
+                )
+            table = qualified(join["table"])
+            on = sql.SQL(join["on"])
             cols = dict(join.get("columns") or {})
             if kind == "many":
                 inner = sql.SQL(", ").join(
@@ -837,16 +910,21 @@ class EnrichmentOperator(CampaignBaseOperator):
                 )
                 froms.append(
                     sql.SQL("LEFT JOIN LATERAL (SELECT {} FROM {} {} WHERE {}) {} ON true").format(
-                        inner, table, alias, sql.SQL(join["on"]), alias
+                        inner, table, alias, on, alias
                     )
                 )
-                added.update({n: f'{join["alias"]}."{n}"' for n in cols})
+                _add_columns(
+                    added,
+                    f"joins[{i}].columns",
+                    {n: sql.SQL("{}.{}").format(alias, sql.Identifier(n)) for n in cols},
+                    pop,
+                )
                 continue
-            with sql_errors(f"joins[{i}]"):
+            with sql_errors(f"joins[{i}].on={join['on']!r}"):
                 dup = conn.execute(
                     sql.SQL(
-                        "SELECT 1 FROM {} p JOIN {} {} ON {} GROUP BY p.ctid HAVING count(*) > 1 LIMIT 1"
-                    ).format(rel, table, alias, sql.SQL(join["on"]))
+                        "SELECT 1 FROM {} JOIN {} {} ON {} GROUP BY p.ctid HAVING count(*) > 1 LIMIT 1"
+                    ).format(sql.SQL(" ").join(froms), table, alias, on)
                 ).fetchone()
             if dup:
                 raise CampaignError(
@@ -855,22 +933,30 @@ class EnrichmentOperator(CampaignBaseOperator):
                 )
             froms.append(
                 sql.SQL("{} {} {} ON {}").format(
-                    sql.SQL("JOIN" if kind == "one" else "LEFT JOIN"), table, alias, sql.SQL(join["on"])
+                    sql.SQL("JOIN" if kind == "one" else "LEFT JOIN"), table, alias, on
                 )
             )
-            added.update(cols)
-        clash = [n for n in added if n in pop.columns]
-        if clash:
-            raise CampaignError(f"columns: {clash} already exist in the population; choose other names.")
+            _add_columns(added, f"joins[{i}].columns", {n: sql.SQL(e) for n, e in cols.items()}, pop)
         select = sql.SQL("SELECT p.*, {} FROM {}").format(
-            sql.SQL(", ").join(
-                sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in added.items()
-            ),
+            sql.SQL(", ").join(sql.SQL("{} AS {}").format(e, sql.Identifier(n)) for n, e in added.items()),
             sql.SQL(" ").join(froms),
         )
         out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="columns/joins")
         self.check_empty(out)
         return out
+
+
+def _add_columns(
+    added: dict[str, sql.Composable], option: str, new: dict[str, sql.Composable], pop: Population
+) -> None:
+    """Add ``new`` output columns, refusing a name the population or an earlier option already has."""
+    clash = [n for n in new if n in added or n in pop.columns]
+    if clash:
+        raise CampaignError(
+            f"{option}: column name(s) {clash} already exist in the population {pop.columns} or among "
+            f"the columns added before {sorted(added)}; choose other names."
+        )
+    added.update(new)
 
 
 class SegmentationOperator(CampaignBaseOperator):
@@ -926,8 +1012,15 @@ class SegmentationOperator(CampaignBaseOperator):
             if unknown:
                 raise CampaignError(f"segments[{i}]: unknown option(s) {sorted(unknown)}.")
             pct = seg.get("percent")
-            if pct is not None and not (0 <= float(pct) <= 100):
+            if pct is not None and (
+                isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100
+            ):
                 raise CampaignError(f"segments[{i}].percent={pct!r}: give a number between 0 and 100.")
+            limit = seg.get("limit")
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+                raise CampaignError(
+                    f"segments[{i}].limit={limit!r}: give a whole number >= 0, or leave it out for no limit."
+                )
 
     def execute(self, context: Any) -> dict[str, Any]:
         outputs = self.run_in_transaction(lambda conn: self._split(conn, context))
@@ -942,20 +1035,22 @@ class SegmentationOperator(CampaignBaseOperator):
         seed = self.seed if self.seed is not None else run_identity(context)["run_id"]
         conn.execute(
             sql.SQL(
-                "CREATE TEMP TABLE seg_work ON COMMIT DROP AS SELECT row_number() OVER () AS _rid, {} FROM {} p"
-            ).format(_idents(columns, "p"), rel)
+                "CREATE TEMP TABLE seg_work ON COMMIT DROP AS SELECT row_number() OVER (ORDER BY p.{}) AS _rid, "
+                "{} FROM {} p"
+            ).format(sql.Identifier(pop.key), _idents(columns, "p"), rel)
         )
         conn.execute("CREATE TEMP TABLE seg_assign (_rid bigint NOT NULL, code text NOT NULL) ON COMMIT DROP")
         conn.execute("ANALYZE seg_work")
         for i, seg in enumerate(self.segments):
+            order: sql.Composable
             if seg.get("random"):
-                order = sql.SQL("md5({} || w.{}::text)").format(
+                order = sql.SQL("md5({} || w.{}::text), w._rid").format(
                     sql.Literal(f"{seed}/{seg['code']}/"), sql.Identifier(pop.key)
                 )
             elif seg.get("order_by"):
-                order = sql.SQL("{}, w.{}").format(sql.SQL(seg["order_by"]), sql.Identifier(pop.key))
+                order = sql.SQL("{}, w._rid").format(sql.SQL(seg["order_by"]))
             else:
-                order = sql.SQL("w.{}").format(sql.Identifier(pop.key))
+                order = sql.SQL("w._rid")
             conds: list[sql.Composable] = (
                 [sql.SQL("({})").format(sql.SQL(seg["where"]))] if seg.get("where") else [sql.SQL("true")]
             )
