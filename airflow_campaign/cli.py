@@ -63,18 +63,26 @@ def cmd_staging(args: argparse.Namespace) -> int:
 
     seconds = parse_duration(args.older_than, "--older-than")
     with connect(args) as conn:
-        rows = conn.execute(
-            "SELECT table_name FROM campaign.staging_tables WHERE updated_at < now() - make_interval(secs => %s)"
-            " ORDER BY table_name",
-            (seconds,),
-        ).fetchall()
-        for (name,) in rows:
-            if not args.dry_run:
-                with conn.transaction():
-                    CampaignHook.drop_staging(conn, name)
-            print(("would drop " if args.dry_run else "dropped ") + name)
-    print(f"{len(rows)} staging table(s) older than {args.older_than}")
+        names = CampaignHook.prune(conn, seconds, dry_run=args.dry_run)
+    for name in names:
+        print(("would drop " if args.dry_run else "dropped ") + name)
+    print(f"{len(names)} staging table(s) older than {args.older_than}")
     return 0
+
+
+def check_timestamp(conn: Any, option: str, value: str) -> None:
+    """Raise naming ``option`` when ``value`` is not a timestamp PostgreSQL understands."""
+    import psycopg
+
+    from airflow_campaign.errors import CampaignError
+
+    try:
+        with conn.transaction():
+            conn.execute("SELECT %s::text::timestamptz", (value,))
+    except psycopg.DataError as exc:
+        raise CampaignError(
+            f"{option}={value!r} is not a timestamp; write e.g. '2026-01-31T00:00:00+00:00'."
+        ) from exc
 
 
 def cmd_incremental(args: argparse.Namespace) -> int:
@@ -93,6 +101,7 @@ def cmd_incremental(args: argparse.Namespace) -> int:
             print(f"last run:  {row[2] if row else None}")
             print(f"remembered rows: {seen}")
         elif args.action == "set":
+            check_timestamp(conn, "--watermark", args.watermark)
             conn.execute(
                 "INSERT INTO campaign.incremental_state (dag_id, task_id, watermark) VALUES (%s, %s, %s::timestamptz)"
                 " ON CONFLICT (dag_id, task_id) DO UPDATE SET watermark = EXCLUDED.watermark,"
@@ -175,12 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "set" and args.command == "incremental" and not args.watermark:
         print("airflow-campaign: incremental set needs --watermark", file=sys.stderr)
         return 2
+    import psycopg
+
     from airflow_campaign.errors import CampaignError
 
     try:
         return int(args.func(args))
     except CampaignError as exc:
         print(f"airflow-campaign: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(
+            f"airflow-campaign: cannot reach the campaign database ({str(exc).strip()}); "
+            f"check --url, --conn-id or ${URL_ENV}.",
+            file=sys.stderr,
+        )
         return 1
 
 

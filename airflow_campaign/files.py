@@ -115,6 +115,12 @@ def load_raw(
 def _create_raw(conn: psycopg.Connection, columns: list[str]) -> str:
     if not columns:
         raise CampaignError("columns: the file has no columns; give a header line or columns=[...].")
+    unnamed = [i + 1 for i, c in enumerate(columns) if not c]
+    if unnamed:
+        raise CampaignError(
+            f"columns: field(s) {unnamed} of the header have no name (a trailing delimiter?); name every "
+            "column in the file's header line."
+        )
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes or LINE_COLUMN in columns:
         raise CampaignError(

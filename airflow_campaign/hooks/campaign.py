@@ -104,18 +104,44 @@ class CampaignHook(PostgresHook):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qualified(table)))
         conn.execute("DELETE FROM campaign.staging_tables WHERE table_name = %s", (table,))
 
+    @staticmethod
+    def prune(conn: psycopg.Connection, older_than_seconds: float, *, dry_run: bool = False) -> list[str]:
+        """Drop the staging tables recorded longer ago than ``older_than_seconds``; return their names.
+
+        Each table is dropped in its own transaction, and only if it is still that old then (a
+        retried task may have just replaced it). With ``dry_run`` nothing is dropped.
+        """
+        with conn.transaction():
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT table_name FROM campaign.staging_tables"
+                    " WHERE updated_at < now() - make_interval(secs => %s) ORDER BY table_name",
+                    (older_than_seconds,),
+                )
+            ]
+        if dry_run:
+            return names
+        dropped = []
+        for name in names:
+            with conn.transaction():
+                stale = conn.execute(
+                    "DELETE FROM campaign.staging_tables WHERE table_name = %s"
+                    " AND updated_at < now() - make_interval(secs => %s) RETURNING table_name",
+                    (name, older_than_seconds),
+                ).fetchone()
+                if stale:
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qualified(name)))
+                    dropped.append(name)
+        return dropped
+
     def prune_staging(self, older_than_seconds: float) -> list[str]:
-        """Drop staging tables recorded longer ago than ``older_than_seconds``; return their names."""
-        with self.transaction() as conn:
-            rows = conn.execute(
-                "SELECT table_name FROM campaign.staging_tables"
-                " WHERE updated_at < now() - make_interval(secs => %s) ORDER BY table_name FOR UPDATE",
-                (older_than_seconds,),
-            ).fetchall()
-            names = [r[0] for r in rows]
-            for name in names:
-                self.drop_staging(conn, name)
-        return names
+        """:meth:`prune` on a connection of this hook."""
+        conn = self.connect()
+        try:
+            return self.prune(conn, older_than_seconds)
+        finally:
+            conn.close()
 
     # ---- bulk in and out ------------------------------------------------------------------
 

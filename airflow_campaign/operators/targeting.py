@@ -31,11 +31,12 @@ def _idents(names: Sequence[str], alias: str | None = None) -> sql.Composable:
 
 
 def _key_is_unique(conn: psycopg.Connection, table: str, key: str) -> bool:
-    """True when ``key`` alone is the primary key or a unique index of ``table``."""
+    """True when ``key`` alone is the primary key, or NOT NULL with a (full, valid) unique index."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a"
         " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-        " WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1 AND a.attname = %s)",
+        " WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid AND i.indpred IS NULL"
+        " AND i.indnatts = 1 AND a.attnotnull AND a.attname = %s)",
         (sql.SQL(".").join(sql.Identifier(p) for p in table.split(".", 1)).as_string(conn), key),
     ).fetchone()
     return bool(row and row[0])
@@ -74,7 +75,8 @@ class QueryOperator(CampaignBaseOperator):
         ``r``), e.g. ``"loyalty_points DESC"``. With ``sql=``, or when ``distinct`` applies to a
         resource whose key is not unique, it orders the selected columns instead.
     :param sql: a whole SELECT instead of ``where``/``columns``; it must return the key column.
-    :param parameters: values for ``%(name)s`` placeholders in ``where`` or ``sql``.
+    :param parameters: values for ``%(name)s`` placeholders in ``where`` or ``sql`` (a literal
+        ``%`` is then written ``%%``).
     """
 
     template_fields: Sequence[str] = (
@@ -138,8 +140,8 @@ class QueryOperator(CampaignBaseOperator):
                 "SELECT DISTINCT * FROM ({}) q" if self.distinct else "SELECT * FROM ({}) q"
             ).format(sql.SQL(self.sql.strip().rstrip(";")))
             return self._limited(query, key)
-        resource.check_columns("columns", self.columns)
-        names = [resource.key] + [c for c in self.columns if c != resource.key]
+        columns = self.selected_columns(resource)
+        names = [resource.key] + [c for c in columns if c != resource.key]
         select_list: list[sql.Composable] = [_idents(names, "r")]
         if self.additional:
             select_list.append(sql.SQL(self.additional))
@@ -154,6 +156,11 @@ class QueryOperator(CampaignBaseOperator):
         if distinct:
             return self._limited(query, key)
         return self._limited(query, sql.SQL("r.{}").format(key), in_place=True)
+
+    def selected_columns(self, resource: Resource) -> list[str]:
+        """The resource columns the population carries besides the key."""
+        resource.check_columns("columns", self.columns)
+        return self.columns
 
     def conditions(self, conn: psycopg.Connection, resource: Resource, context: Any) -> list[sql.Composable]:
         return [sql.SQL("({})").format(sql.SQL(self.where))] if self.where else []
@@ -274,14 +281,16 @@ class IncrementalQueryOperator(QueryOperator):
             )
         return conds
 
-    def select_statement(self, conn: psycopg.Connection, resource: Resource, context: Any) -> sql.Composable:
-        if self.mode == "watermark" and self.date_column and self.date_column not in self.columns:
-            self.columns = [*self.columns, self.date_column]
-        return super().select_statement(conn, resource, context)
+    def selected_columns(self, resource: Resource) -> list[str]:
+        columns = super().selected_columns(resource)
+        if self.mode != "watermark" or not self.date_column:
+            return columns
+        resource.check_columns("date_column", [self.date_column])
+        return columns if self.date_column in columns else [*columns, self.date_column]
 
     def after_save(self, conn: psycopg.Connection, pop: Population, resource: Resource, context: Any) -> None:
         ident = run_identity(context)
-        table = sql.SQL(".").join(sql.Identifier(p) for p in (pop.table or "").split(".", 1))
+        table = qualified(pop.table or "")
         if self.mode == "exclude":
             conn.execute(
                 sql.SQL(
@@ -828,7 +837,8 @@ class DeduplicationOperator(CampaignBaseOperator):
                 keep=sql.Literal(self.keep),
                 any_null=sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in on),
             )
-            out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="prefer")
+            option = f"prefer={self.prefer!r}" if self.prefer else f"on={on!r}"
+            out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option=option)
             self.check_empty(out)
             return out
 

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 from airflow.sdk import DAG, task
+from psycopg import sql
 
 from airflow_campaign.hooks.campaign import CampaignHook
 from airflow_campaign.operators.targeting import LoadFileOperator
@@ -52,7 +53,9 @@ with DAG(
     @task
     def show_rejects(rejects: dict) -> None:
         """Rejected rows are a population too (XCom key "rejects"): line, reason and the raw values."""
-        query = f"SELECT _line, reject_reason, email FROM {rejects['table']} ORDER BY _line"  # noqa: S608
+        query = sql.SQL("SELECT _line, reject_reason, email FROM {} ORDER BY _line").format(
+            sql.Identifier(*rejects["table"].split("."))
+        )
         with CampaignHook().transaction() as conn:
             for line, reason, email in conn.execute(query):
                 print(f"line {line}: {reason} ({email})")

