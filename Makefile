@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/airflow-campaign demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_campaign tests dags_examples benchmarks
-	$(BIN)/ruff format --check airflow_campaign tests dags_examples benchmarks
+	$(BIN)/ruff check airflow_campaign tests dags_examples benchmarks docs/examples
+	$(BIN)/ruff format --check airflow_campaign tests dags_examples benchmarks docs/examples
 	$(BIN)/mypy airflow_campaign
 
 test: $(STAMP) lint

@@ -19,16 +19,45 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 def connect(args: argparse.Namespace) -> Any:
     """A psycopg connection from --url, $CAMPAIGN_DATABASE_URL or an Airflow connection."""
+    import psycopg
+
     url = args.url or (None if args.conn_id else os.environ.get(URL_ENV))
     if url:
-        import psycopg
-
         return psycopg.connect(url, autocommit=True)
-    from airflow_campaign.hooks.campaign import CampaignHook
+    return psycopg.connect(autocommit=True, **airflow_connection_params(args.conn_id or "campaign_default"))
 
-    conn = CampaignHook(campaign_conn_id=args.conn_id or "campaign_default").connect()
-    conn.autocommit = True
-    return conn
+
+def airflow_connection_params(conn_id: str) -> dict[str, Any]:
+    """libpq keywords for an Airflow connection, looked up as the ``airflow`` CLI does.
+
+    Outside a running task the Task SDK cannot reach the metadata database, so this asks
+    Airflow's core secrets backends (environment variables, the metadata database, any
+    configured backend) directly.
+    """
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
+    from airflow_campaign.errors import CampaignError
+
+    try:
+        conn = Connection.get_connection_from_secrets(conn_id)
+    except AirflowNotFoundException:
+        raise CampaignError(
+            f"--conn-id: no Airflow connection {conn_id!r} (looked in AIRFLOW_CONN_{conn_id.upper()}, the "
+            "metadata database and any secrets backend); create it with `airflow connections add`, "
+            f"or pass --url / set ${URL_ENV}."
+        ) from None
+    params: dict[str, Any] = {
+        "host": conn.host or None,
+        "port": conn.port or None,
+        "user": conn.login or None,
+        "password": conn.password or None,
+        "dbname": conn.schema or None,
+    }
+    for key, value in (conn.extra_dejson or {}).items():
+        if key in {"sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "application_name", "options"}:
+            params[key] = value
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -122,12 +151,21 @@ def cmd_incremental(args: argparse.Namespace) -> int:
 def cmd_embedded(args: argparse.Namespace) -> int:
     from airflow_campaign import embedded
 
-    server = embedded.start(args.data_dir, stop_at_exit=args.action == "stop")
     if args.action == "stop":
-        server.stop()
-        print(f"stopped the server in {server.data_dir}")
-    else:
-        print(server.url)
+        if not embedded.is_running(args.data_dir):
+            print(f"no embedded Postgres is running in {embedded.data_path(args.data_dir)}; nothing to stop")
+            return 0
+        holders = embedded.stop(args.data_dir, force=args.force)
+        path = embedded.data_path(args.data_dir)
+        if holders:
+            print(
+                f"the embedded Postgres in {path} is still used by process(es) {holders}; it stops when "
+                "they exit (or run `airflow-campaign embedded stop --force`)"
+            )
+            return 1
+        print(f"stopped the embedded Postgres in {path}")
+        return 0
+    print(embedded.start(args.data_dir, stop_at_exit=False).url)
     return 0
 
 
@@ -170,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb = sub.add_parser("embedded", help="start (and print the URL of) or stop the embedded Postgres")
     emb.add_argument("action", choices=["start", "stop"])
     emb.add_argument("--data-dir", default=None, help="default .campaign/pg")
+    emb.add_argument(
+        "--force", action="store_true", help="with stop: stop it even while other processes use it"
+    )
     emb.set_defaults(func=cmd_embedded)
 
     demo = sub.add_parser("demo", help="run the demo campaign on embedded defaults")

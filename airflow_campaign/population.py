@@ -132,6 +132,15 @@ class Population:
                     f"{option}: staging table {self.table} no longer exists (pruned, or dropped by "
                     "hand); clear and re-run the upstream task that produced it."
                 )
+            found = conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(qualified(self.table))
+            ).fetchone()
+            if self.count and not (found and found[0]):
+                raise CampaignError(
+                    f"{option}: staging table {self.table} is empty, but the task that made it wrote "
+                    f"{self.count} row(s). Staging tables are UNLOGGED, and PostgreSQL empties them after "
+                    "a crash or an immediate shutdown; clear and re-run the upstream task that produced it."
+                )
             return qualified(self.table)
         rows = self.rows or []
         types = _infer_types(self.columns, rows)

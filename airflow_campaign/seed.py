@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_campaign.errors import CampaignError
+
 FIRST_NAMES = [
     "Emma",
     "Louis",
@@ -167,6 +169,11 @@ def seed(conn: Any, profiles: int, seed: int = 42) -> dict[str, int]:
     The same ``profiles`` and ``seed`` always give the same rows. Existing profiles,
     subscriptions, quarantine entries, app subscriptions and audiences are removed first.
     """
+    from airflow_campaign.schema.migrate import require_current
+
+    if profiles < 0:
+        raise CampaignError(f"--profiles: {profiles} is negative; give a count of profiles (0 or more).")
+    require_current(conn, "seed")
     params = {"n": profiles, "seed": seed}
     with conn.transaction():
         conn.execute(

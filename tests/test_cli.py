@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import psycopg
 import pytest
 
-from airflow_campaign import cli
+from airflow_campaign import cli, embedded
 from airflow_campaign.schema import migrate
 from tests.test_schema import catalog
 
@@ -66,3 +70,51 @@ def test_usage_errors_exit_2(argv, capsys):
         cli.main(argv)
     assert exit_info.value.code == 2
     assert "usage: airflow-campaign" in capsys.readouterr().err
+
+
+def test_conn_id_finds_a_connection_in_the_metadata_database(fresh_database, airflow_db, capsys):
+    url = fresh_database()
+    assert cli.main(["db", "upgrade", "--url", url]) == 0
+    capsys.readouterr()
+    conn_id = "campaign_in_metadata"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "connections",
+            "add",
+            conn_id,
+            "--conn-json",
+            json.dumps(embedded.connection_fields(url)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        assert cli.main(["db", "version", "--conn-id", conn_id]) == 0
+        assert capsys.readouterr().out.strip() == str(migrate.head())
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "connections", "delete", conn_id],
+            check=True,
+            capture_output=True,
+        )
+
+
+def test_an_unknown_conn_id_names_the_fix(capsys):
+    assert cli.main(["db", "version", "--conn-id", "no_such_connection"]) == 1
+    err = capsys.readouterr().err
+    assert "--conn-id: no Airflow connection 'no_such_connection'" in err
+    assert "airflow connections add" in err
+
+
+def test_seed_before_upgrade_says_to_upgrade_and_writes_nothing(fresh_database, capsys):
+    url = fresh_database()
+    assert cli.main(["seed", "--profiles", "10", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "airflow-campaign: seed: the database has no campaign schema; run `airflow-campaign db upgrade`"
+    )
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regnamespace('campaign')").fetchone()[0] is None

@@ -69,6 +69,13 @@ def test_connection_fields_from_socket_and_tcp_urls():
         "port": 6543,
         "schema": "campaign",
     }
+    assert embedded.connection_fields("user=app dbname=c host=/run/pg sslmode=disable") == {
+        "conn_type": "postgres",
+        "host": "/run/pg",
+        "login": "app",
+        "schema": "c",
+        "extra": {"sslmode": "disable"},
+    }
 
 
 def test_airflow_connection_reaches_the_server(server, monkeypatch):
@@ -79,3 +86,52 @@ def test_airflow_connection_reaches_the_server(server, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_EMBEDDED_CHECK", server.airflow_connection())
     with CampaignHook(campaign_conn_id="embedded_check").connect() as conn:
         assert conn.execute("SELECT current_database()").fetchone() == (fields["schema"],)
+
+
+def test_cli_start_then_stop_from_other_processes():
+    data_dir = str(Path(tempfile.mkdtemp(prefix="cpg-", dir="/tmp")) / "pg")  # short: socket paths
+
+    def run(*args: str, rc: int = 0) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_campaign.cli", "embedded", *args, "--data-dir", data_dir],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == rc, done.stderr
+        return done.stdout.strip()
+
+    url = run("start")
+    assert embedded.is_running(data_dir)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    # a process using the server (as a running demo does) keeps it up, unless --force
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from airflow_campaign import embedded; "
+            "embedded.start(sys.argv[1]); print('up', flush=True); time.sleep(120)",
+            data_dir,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        said = run("stop", rc=1)
+        assert said.startswith(
+            f"the embedded Postgres in {data_dir} is still used by process(es) [{holder.pid}]"
+        )
+        assert embedded.is_running(data_dir)
+        assert run("stop", "--force") == f"stopped the embedded Postgres in {data_dir}"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not embedded.is_running(data_dir)
+    url = run("start")
+    assert run("stop") == f"stopped the embedded Postgres in {data_dir}"
+    assert not embedded.is_running(data_dir)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
+    assert run("stop") == f"no embedded Postgres is running in {data_dir}; nothing to stop"

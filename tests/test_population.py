@@ -125,3 +125,15 @@ def test_binding_a_dropped_staging_table_says_to_rerun_upstream(db, context):
     ):
         with db.transaction():
             pop.bind(db, "upstream")
+
+
+def test_binding_an_emptied_staging_table_says_why(db, context):
+    # what PostgreSQL leaves of an UNLOGGED table after a crash: the table, without its rows
+    out = QueryOperator(task_id="emptied", where="id <= 3").execute(context("emptied"))
+    schema, table = out["table"].split(".")
+    db.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table)))
+    with pytest.raises(
+        CampaignError, match=r"upstream: staging table .* is empty, but .* wrote 3 row\(s\).*crash"
+    ):
+        with db.transaction():
+            coerce(out).bind(db, "upstream")

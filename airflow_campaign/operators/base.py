@@ -14,6 +14,7 @@ from psycopg import sql
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.hooks.campaign import STAGING_SCHEMA, CampaignHook, staging_table_name
 from airflow_campaign.population import Population
+from airflow_campaign.schema.migrate import require_current
 
 OnEmpty = Literal["skip", "continue", "fail"]
 T = TypeVar("T")
@@ -128,4 +129,5 @@ class CampaignBaseOperator(BaseOperator):
 
     def run_in_transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
         with self.get_hook().transaction() as conn:
+            require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
             return work(conn)

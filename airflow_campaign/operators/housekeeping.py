@@ -31,7 +31,8 @@ class PruneStagingOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        parse_duration(older_than, "older_than")
+        if not (isinstance(older_than, str) and "{{" in older_than):
+            parse_duration(older_than, "older_than")  # fail at parse time, unless it is a template
         self.older_than = older_than
         self.campaign_conn_id = campaign_conn_id
 

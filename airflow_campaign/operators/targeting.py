@@ -220,6 +220,11 @@ class IncrementalQueryOperator(QueryOperator):
     :param date_column: resource column compared with the watermark (mode ``"watermark"``).
     :param initial_watermark: lower bound of the first run (ISO timestamp; default: no bound).
 
+    In mode ``"watermark"`` rows whose ``date_column`` is NULL are never returned, and a
+    ``limit`` takes the earliest rows by ``date_column`` plus every row sharing the last date
+    taken (so the result may exceed ``limit`` by the ties); the next run starts after that
+    date, so no row is skipped. ``order_by`` cannot be combined with a limit in this mode.
+
     A retried try of the same run sees the same history as the first try did. Inspect, edit
     or reset the state with ``airflow-campaign incremental show|set|reset``.
     All other parameters are those of :class:`QueryOperator`.
@@ -239,6 +244,11 @@ class IncrementalQueryOperator(QueryOperator):
             raise CampaignError("mode='watermark' needs date_column= naming a timestamp or date column.")
         if self.sql:
             raise CampaignError("IncrementalQueryOperator works on a resource: use where=, not sql=.")
+        if mode == "watermark" and self.limit is not None and self.order_by:
+            raise CampaignError(
+                f"order_by={self.order_by!r}: in mode 'watermark' a limit takes the earliest rows by "
+                "date_column, so that the watermark never passes rows not yet returned; leave order_by out."
+            )
         self.mode = mode
         self.date_column = date_column
         self.initial_watermark = initial_watermark
@@ -273,6 +283,8 @@ class IncrementalQueryOperator(QueryOperator):
         else:
             lower = row[1] if row[2] == ident["run_id"] else row[0]
         self._lower = lower
+        # a row without a date can never be placed against the watermark: it is never returned
+        conds.append(sql.SQL("r.{} IS NOT NULL").format(sql.Identifier(self.date_column)))
         if lower is not None:
             conds.append(
                 sql.SQL("r.{} > {}::timestamptz").format(
@@ -280,6 +292,21 @@ class IncrementalQueryOperator(QueryOperator):
                 )
             )
         return conds
+
+    def _limited(
+        self, query: sql.Composable, tiebreak: sql.Composable, *, in_place: bool = False
+    ) -> sql.Composable:
+        if self.mode != "watermark" or self.limit is None:
+            return super()._limited(query, tiebreak, in_place=in_place)
+        # the earliest rows by date, and every row sharing the last date taken (WITH TIES): the
+        # next run starts after that date, so a row cut by the limit is never skipped
+        date = sql.SQL("{}.{}").format(
+            sql.SQL("r" if in_place else "l"), sql.Identifier(self.date_column or "")
+        )
+        clause = sql.SQL(" ORDER BY {} FETCH FIRST {} ROWS WITH TIES").format(date, sql.Literal(self.limit))
+        if in_place:
+            return sql.Composed([query, clause])
+        return sql.SQL("SELECT * FROM ({}) l{}").format(query, clause)
 
     def selected_columns(self, resource: Resource) -> list[str]:
         columns = super().selected_columns(resource)
@@ -646,6 +673,25 @@ class _CombineOperator(CampaignBaseOperator):
         super().__init__(**kwargs)
         self.populations = populations
         self.on = list(on) if on else None
+        if isinstance(populations, (list, tuple)):
+            self.check_count(list(populations))
+
+    def check_count(self, values: list[Any]) -> None:
+        """Two or more inputs (an XComArg list is checked once resolved, at run time)."""
+        if len(values) < 2:
+            raise CampaignError(
+                f"populations: {type(self).__name__} needs two or more populations, got {len(values)}; "
+                "pass a list such as [query_a.output, query_b.output]."
+            )
+
+    def input_list(self) -> list[Any]:
+        if not isinstance(self.populations, (list, tuple)):
+            raise CampaignError(
+                f"populations: give a list of populations, not {type(self.populations).__name__}."
+            )
+        values = list(self.populations)
+        self.check_count(values)
+        return values
 
     def compare_columns(self, pops: Sequence[Population], labels: Sequence[str]) -> list[str]:
         if self.on is None:
@@ -702,7 +748,7 @@ class UnionOperator(_CombineOperator):
         self.limit = limit
 
     def combine(self, conn: psycopg.Connection, context: Any) -> Population:
-        bound = self.inputs(conn, list(self.populations), "populations")
+        bound = self.inputs(conn, self.input_list(), "populations")
         pops = [p for p, _ in bound]
         on = self.compare_columns(pops, input_labels("populations", len(pops)))
         common = [c for c in pops[0].columns if all(c in p.columns for p in pops[1:])]
@@ -710,10 +756,19 @@ class UnionOperator(_CombineOperator):
             sql.SQL("SELECT {} AS _src, {} FROM {}").format(sql.Literal(i), _idents(common), rel)
             for i, (_, rel) in enumerate(bound)
         ]
+        distinct = _idents(on)
+        if self.on is not None and pops[0].key in common:
+            # as in Intersection/Exclusion, NULL matches nothing: a row with a NULL in an ``on``
+            # column merges only with rows of the same key (the same row found in several inputs)
+            distinct = sql.SQL("{}, (CASE WHEN {} THEN {} END)").format(
+                distinct,
+                sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in on),
+                sql.Identifier(pops[0].key),
+            )
         select = sql.SQL(
             "SELECT DISTINCT ON ({on}) {cols} FROM ({parts}) u ORDER BY {on}, _src{limit}"
         ).format(
-            on=_idents(on),
+            on=distinct,
             cols=_idents(common),
             parts=sql.SQL(" UNION ALL ").join(parts),
             limit=sql.SQL(" LIMIT {}").format(sql.Literal(self.limit))
@@ -731,7 +786,7 @@ class IntersectionOperator(_CombineOperator):
     """
 
     def combine(self, conn: psycopg.Connection, context: Any) -> Population:
-        bound = self.inputs(conn, list(self.populations), "populations")
+        bound = self.inputs(conn, self.input_list(), "populations")
         pops = [p for p, _ in bound]
         on = self.compare_columns(pops, input_labels("populations", len(pops)))
         exists = [
@@ -761,8 +816,16 @@ class ExclusionOperator(_CombineOperator):
         self.primary = primary
         self.exclude = exclude
 
+    def check_count(self, values: list[Any]) -> None:
+        if len(values) < 2:
+            raise CampaignError(
+                "exclude: give one or more populations to remove (got none); leave the "
+                "ExclusionOperator out when there is nothing to exclude."
+            )
+
     def combine(self, conn: psycopg.Connection, context: Any) -> Population:
         excluded = _excluded(self.exclude)
+        self.check_count([self.primary, *excluded])
         bound = self.inputs(conn, [self.primary], "primary") + self.inputs(conn, excluded, "exclude")
         pops = [p for p, _ in bound]
         on = self.compare_columns(pops, ["primary", *input_labels("exclude", len(excluded))])
@@ -918,6 +981,16 @@ class EnrichmentOperator(CampaignBaseOperator):
                 inner = sql.SQL(", ").join(
                     sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in cols.items()
                 )
+                if self._has_one_join():
+                    # ``one`` joins drop rows, so the output count cannot tell: probe this join
+                    with sql_errors(f"joins[{i}]"):
+                        repeats = conn.execute(
+                            sql.SQL(
+                                "SELECT 1 FROM {} CROSS JOIN LATERAL (SELECT {} FROM {} {} WHERE {} OFFSET 1) {} LIMIT 1"
+                            ).format(sql.SQL(" ").join(froms), inner, table, alias, on, alias)
+                        ).fetchone()
+                    if repeats:
+                        raise _not_aggregates(f"joins[{i}]")
                 froms.append(
                     sql.SQL("LEFT JOIN LATERAL (SELECT {} FROM {} {} WHERE {}) {} ON true").format(
                         inner, table, alias, on, alias
@@ -952,8 +1025,29 @@ class EnrichmentOperator(CampaignBaseOperator):
             sql.SQL(" ").join(froms),
         )
         out = self.save(conn, context, select, key=pop.key, resource=pop.resource, option="columns/joins")
+        self._check_many_joins(conn, pop, out)
         self.check_empty(out)
         return out
+
+    def _check_many_joins(self, conn: psycopg.Connection, pop: Population, out: Population) -> None:
+        """Refuse a ``many`` join whose columns are not aggregates (it would repeat population rows).
+
+        Without ``one`` joins (which drop rows) the output has exactly as many rows as the
+        population unless a ``many`` join multiplied some, so the counts tell at no cost.
+        """
+        many = [i for i, j in enumerate(self.joins) if j.get("kind", "optional") == "many"]
+        if many and not self._has_one_join() and (out.count or 0) > (pop.count or 0):
+            raise _not_aggregates(", ".join(f"joins[{i}]" for i in many))
+
+    def _has_one_join(self) -> bool:
+        return any(j.get("kind", "optional") == "one" for j in self.joins)
+
+
+def _not_aggregates(names: str) -> CampaignError:
+    return CampaignError(
+        f"{names} (kind 'many'): the columns must be aggregates such as count(*), max(...) or "
+        "array_agg(...); a plain column repeats population rows. Nothing was written."
+    )
 
 
 def _add_columns(
@@ -967,6 +1061,9 @@ def _add_columns(
             f"the columns added before {sorted(added)}; choose other names."
         )
     added.update(new)
+
+
+_RESERVED_XCOM_KEYS = {"return_value", "skipmixin_key", "_link_AirflowExternalLink"}
 
 
 class SegmentationOperator(CampaignBaseOperator):
@@ -1011,9 +1108,13 @@ class SegmentationOperator(CampaignBaseOperator):
         if not self.segments:
             raise CampaignError("segments: give at least one segment {'code': ..., 'where': ...}.")
         for i, code in enumerate(codes):
+            option = f"segments[{i}].code" if i < len(self.segments) else "complement_code"
             if not isinstance(code, str) or not _CODE.match(code):
+                raise CampaignError(f"{option}={code!r}: use letters, digits and _ (starting with a letter).")
+            if code in _RESERVED_XCOM_KEYS:
                 raise CampaignError(
-                    f"segments[{i}].code={code!r}: use letters, digits and _ (starting with a letter)."
+                    f"{option}={code!r}: each segment is pushed to XCom under its code, and {code!r} is "
+                    "Airflow's own key; choose another code."
                 )
         if len(set(codes)) != len(codes):
             raise CampaignError(f"segments: codes must be unique (with complement_code); got {codes}.")

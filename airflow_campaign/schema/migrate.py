@@ -45,6 +45,21 @@ def current_version(conn: Any) -> int:
     return int(row[0])
 
 
+def require_current(conn: Any, doing: str) -> None:
+    """Raise a CampaignError naming the fix when the database is behind this package's schema."""
+    from airflow_campaign.errors import CampaignError
+
+    at, want = current_version(conn), head()
+    if at < want:
+        state = (
+            "has no campaign schema" if at == 0 else f"has the campaign schema at version {at} (need {want})"
+        )
+        raise CampaignError(
+            f"{doing}: the database {state}; run `airflow-campaign db upgrade` (with the same --url or "
+            "--conn-id) first."
+        )
+
+
 def upgrade(conn: Any) -> list[Migration]:
     """Apply the migrations the database lacks, in one transaction; return what was applied.
 

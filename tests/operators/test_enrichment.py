@@ -114,6 +114,25 @@ def test_many_join_with_aggregates(db, context, first_200):
     assert {n for _, n, _ in got} >= {0, 1, 2}
 
 
+@pytest.mark.parametrize("with_one_join", [False, True])
+def test_many_join_without_aggregates_is_an_error(db, context, first_200, with_one_join):
+    ctx = context("enrich_many_bad")
+    joins = [
+        {
+            "table": "campaign.subscriptions",
+            "alias": "s",
+            "on": "s.profile_id = p.id",
+            "kind": "many",
+            "columns": {"since": "s.subscribed_at"},
+        }
+    ]
+    if with_one_join:  # a `one` join drops rows, so the output count alone cannot tell
+        joins.insert(0, {"table": "campaign.profiles", "alias": "q", "on": "q.id = p.id", "kind": "one"})
+    with pytest.raises(CampaignError, match=r"joins\[\d\] \(kind 'many'\): the columns must be aggregates"):
+        EnrichmentOperator(task_id="enrich_many_bad", population=first_200, joins=joins).execute(ctx)
+    assert staged(db, ctx) == []
+
+
 def test_inline_population_without_a_resource(db, context):
     pop = Population.inline([{"code": "a", "n": 2}, {"code": "b", "n": 5}], key="code", resource=None)
     out = EnrichmentOperator(task_id="enrich_inline", population=pop, columns={"double": "p.n * 2"}).execute(

@@ -97,3 +97,20 @@ def test_cli_prune_refuses_a_bad_duration(db, seeded, populations, capsys):
     assert cli.main(["staging", "prune", "--older-than", "a week", "--url", seeded]) == 1
     assert "--older-than='a week' is not a duration" in capsys.readouterr().err
     assert exists(db, populations["old"]["table"])
+
+
+def test_a_templated_retention_is_checked_when_rendered(db, populations):
+    age(db, populations["older"]["table"], 30)
+    age(db, populations["old"]["table"], 10)
+    op = PruneStagingOperator(task_id="prune", older_than="{{ params.keep }}")  # no parse-time error
+    op.render_template_fields({"params": {"keep": "20d"}})
+    assert op.older_than == "20d"
+    dropped = op.execute({})
+    assert populations["older"]["table"] in dropped
+    assert exists(db, populations["old"]["table"])
+
+    bad = PruneStagingOperator(task_id="prune", older_than="{{ params.keep }}")
+    bad.render_template_fields({"params": {"keep": "twenty days"}})
+    with pytest.raises(CampaignError, match=r"older_than='twenty days' is not a duration"):
+        bad.execute({})
+    assert exists(db, populations["old"]["table"])

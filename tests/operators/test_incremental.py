@@ -112,6 +112,25 @@ def test_watermark_mode_initial_watermark_and_where(db, context, events):
     assert ids(db, out) == [6, 8, 10]
 
 
+def test_watermark_mode_limit_takes_the_earliest_dates_and_never_skips_a_row(db, context, events):
+    # two more rows share the 4th hour with row 4: a limit of 4 must not cut between them
+    db.execute("ALTER TABLE inctest.events ALTER COLUMN changed_at DROP NOT NULL")
+    db.execute(
+        "INSERT INTO inctest.events VALUES (21, %s), (22, %s), (30, NULL)",
+        (T0 + dt.timedelta(hours=4), T0 + dt.timedelta(hours=4)),
+    )
+    seen: list[int] = []
+    for n in range(1, 5):
+        out = watermark_op(task_id="since_limit", limit=4).execute(context("since_limit", run_id=f"l{n}"))
+        seen += ids(db, out)
+        if n == 1:
+            assert ids(db, out) == [1, 2, 3, 4, 21, 22]
+    # every dated row exactly once, over the runs; the row without a date never
+    assert sorted(seen) == [*range(1, 11), 21, 22]
+    assert len(seen) == len(set(seen))
+    assert state(db, "test_dag", "since_limit")[0] == T0 + dt.timedelta(hours=10)
+
+
 def test_cli_shows_sets_and_resets_the_watermark(db, context, events, seeded, capsys):
     target = ["--dag-id", "test_dag", "--task-id", "since_cli", "--url", seeded]
     watermark_op(task_id="since_cli").execute(context("since_cli", run_id="w1"))
@@ -170,6 +189,10 @@ def test_unknown_date_column_names_it_and_changes_nothing(db, context, events):
         ({"mode": "watermark"}, "mode='watermark' needs date_column="),
         ({"mode": "since"}, r"mode='since' is not valid; use one of \['exclude', 'watermark'\]"),
         ({"sql": "SELECT id FROM campaign.profiles"}, "use where=, not sql="),
+        (
+            {"mode": "watermark", "date_column": "updated_at", "limit": 10, "order_by": "id"},
+            r"order_by='id': in mode 'watermark' a limit takes the earliest rows by date_column",
+        ),
     ],
 )
 def test_bad_options_fail_at_parse_time(kwargs, message):

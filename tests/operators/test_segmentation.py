@@ -160,6 +160,11 @@ def test_all_segments_empty_follow_on_empty(db, context, base):
         ({"segments": []}, "segments: give at least one segment"),
         ({"segments": [{"code": "a b"}]}, r"segments\[0\].code='a b': use letters, digits and _"),
         ({"segments": [{"where": "true"}]}, r"segments\[0\].code=None"),
+        (
+            {"segments": [{"code": "return_value"}]},
+            r"segments\[0\].code=.return_value.: .* Airflow.s own key",
+        ),
+        ({"segments": [{"code": "A"}], "complement_code": "1x"}, r"complement_code=.1x.: use letters"),
         ({"segments": [{"code": "a"}, {"code": "a"}]}, r"codes must be unique .* \['a', 'a', 'others'\]"),
         ({"segments": [{"code": "others"}]}, r"codes must be unique"),
         ({"segments": [{"code": "a", "size": 3}]}, r"segments\[0\]: unknown option\(s\) \['size'\]"),

@@ -206,3 +206,41 @@ def test_inputs_that_are_not_populations(db, context):
     with pytest.raises(CampaignError, match=r"populations\[1\]: expected a Population.*got int"):
         UnionOperator(task_id="not_pop", populations=[[{"id": 1}], 42]).execute(ctx)
     assert staged(db, ctx) == []
+
+
+def test_union_by_columns_never_merges_nulls(db, context):
+    a = Population.inline(
+        [{"id": 1, "email": None}, {"id": 2, "email": "y@example.com"}, {"id": 3, "email": None}]
+    )
+    b = Population.inline(
+        [{"id": 1, "email": None}, {"id": 4, "email": None}, {"id": 5, "email": "y@example.com"}]
+    )
+    union = UnionOperator(task_id="u_null", populations=[a, b], on=["email"]).execute(context("u_null"))
+    # the NULL-email rows 3 and 4 stay (NULL matches nothing); row 1, in both inputs, is kept once
+    assert sorted(r["id"] for r in rows(db, union)) == [1, 2, 3, 4]
+    inter = IntersectionOperator(task_id="i_null", populations=[a, b], on=["email"]).execute(
+        context("i_null")
+    )
+    assert [r["id"] for r in rows(db, inter)] == [2]
+
+
+@pytest.mark.parametrize("operator", [UnionOperator, IntersectionOperator])
+def test_fewer_than_two_inputs_is_an_error(db, context, operator):
+    one = Population.inline([{"id": 1}])
+    with pytest.raises(
+        CampaignError, match=rf"populations: {operator.__name__} needs two or more populations, got 1"
+    ):
+        operator(task_id="one_input", populations=[one])
+    # an XComArg list is only known at run time: the same check then, before any write
+    op = operator(task_id="one_input", populations=[one, one])
+    op.populations = [one]
+    ctx = context("one_input")
+    with pytest.raises(CampaignError, match="needs two or more populations, got 1"):
+        op.execute(ctx)
+    assert staged(db, ctx) == []
+
+
+def test_exclusion_with_nothing_to_exclude_is_an_error(db, context):
+    one = Population.inline([{"id": 1}])
+    with pytest.raises(CampaignError, match=r"exclude: give one or more populations to remove \(got none\)"):
+        ExclusionOperator(task_id="x_none", primary=one, exclude=[])

@@ -182,7 +182,7 @@ CREATE TABLE campaign.staging_tables (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX staging_tables_created_idx ON campaign.staging_tables (created_at);
+CREATE INDEX staging_tables_updated_idx ON campaign.staging_tables (updated_at);
 
 CREATE TABLE campaign.incremental_state (
     dag_id             text NOT NULL,
