@@ -133,6 +133,45 @@ def fresh_database(database_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def scratch_template(database_url: str) -> Iterator[str]:
+    """A migrated database seeded like the shared one, never connected to after: a template."""
+    from airflow_campaign.schema import migrate
+    from airflow_campaign.seed import seed
+
+    name = f"campaign_tpl_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(make_conninfo(database_url, dbname=name), autocommit=True) as conn:
+        migrate.upgrade(conn)
+        seed(conn, SEED_PROFILES, 42)
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def scratch(database_url: str, scratch_template: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A private copy of the seeded database for a test that changes profiles, subscriptions...
+
+    ``scratch.conn_id`` ("campaign_scratch") is an Airflow connection to it: pass it as
+    ``campaign_conn_id``; ``scratch.url`` and ``scratch.db`` (an autocommit connection) reach it too.
+    """
+    name = f"campaign_s_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(scratch_template)
+            )
+        )
+    url = make_conninfo(database_url, dbname=name)
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_SCRATCH", json.dumps(connection_fields(url)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield SimpleNamespace(url=url, conn_id="campaign_scratch", db=conn)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server over real HTTP; AIRFLOW_CONN_AWS_DEFAULT points boto3 at it."""
     from moto.server import ThreadedMotoServer
