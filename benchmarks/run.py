@@ -162,6 +162,10 @@ def main() -> int:
     url = database(scale)
     results: list[dict[str, Any]] = []
     bench_query(url, results, scale)
+    from benchmarks.update_data import bench_insert_rows, bench_upsert
+
+    bench_upsert(url, results, scale)
+    bench_insert_rows(url, results, min(scale, 100_000))
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
     return 0

@@ -154,3 +154,35 @@ def test_hook_transaction_commits_or_rolls_back(db):
         assert db.execute("SELECT array_agg(id) FROM public.hook_tx").fetchone()[0] == [1]
     finally:
         db.execute("DROP TABLE public.hook_tx")
+
+
+def test_copy_frame_in_converts_missing_values_and_numpy_scalars(db):
+    import datetime as dt
+
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": [1, 2, 3],
+            "points": [1.5, float("nan"), 3.0],
+            "name": ["Zoë", None, "x\ty"],
+            "at": pd.to_datetime(["2026-01-02T03:04:05Z", None, "2026-12-31T00:00:00Z"]),
+            "ok": [True, False, True],
+        }
+    )
+    db.execute("DROP TABLE IF EXISTS public.hook_frame")
+    db.execute(
+        "CREATE TABLE public.hook_frame (id bigint, points numeric, name text, at timestamptz, ok boolean)"
+    )
+    try:
+        with db.transaction():
+            assert CampaignHook.copy_frame_in(db, "public.hook_frame", frame) == 3
+        got = db.execute("SELECT id, points, name, at, ok FROM public.hook_frame ORDER BY id").fetchall()
+        utc = dt.timezone.utc
+        assert [(r[0], None if r[1] is None else float(r[1]), r[2], r[3], r[4]) for r in got] == [
+            (1, 1.5, "Zoë", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=utc), True),
+            (2, None, None, None, False),
+            (3, 3.0, "x\ty", dt.datetime(2026, 12, 31, tzinfo=utc), True),
+        ]
+    finally:
+        db.execute("DROP TABLE public.hook_frame")

@@ -172,6 +172,21 @@ class CampaignHook(PostgresHook):
         return count
 
     @staticmethod
+    def copy_frame_in(conn: psycopg.Connection, table: str, frame: Any) -> int:
+        """COPY a pandas DataFrame's rows into ``table`` (its columns by name); return how many.
+
+        Missing values (``NaN``, ``NaT``, ``None``) become NULL; numpy scalars become Python values.
+        """
+        import pandas as pd
+
+        columns = [str(c) for c in frame.columns]
+        clean = frame.astype(object).where(pd.notna(frame), None)
+        rows = (
+            tuple(v.item() if hasattr(v, "item") else v for v in row) for row in clean.itertuples(index=False)
+        )
+        return CampaignHook.copy_rows_in(conn, table, columns, rows)
+
+    @staticmethod
     def copy_text_in(
         conn: psycopg.Connection,
         table: str,
