@@ -643,17 +643,23 @@ class UpdateDataOperator(CampaignBaseOperator):
     def _cast(self, plan: Plan, f: Field) -> sql.Composable:
         return sql.SQL("({})::{}").format(f.value, sql.SQL(plan.columns[f.column]))
 
-    def _upsert_statement(self, plan: Plan, src: sql.Composable) -> sql.Composed:
-        """INSERT ... ON CONFLICT (keys) DO UPDATE ... WHERE something changed."""
+    def _inserted(self, plan: Plan) -> tuple[list[str], list[sql.Composable]]:
+        """Columns and values of an inserted row: keys, fields and updated_at."""
         key_fields = [Field(d, sql.SQL("src.{}").format(sql.Identifier(s)), s) for d, s in plan.keys]
         columns = [f.column for f in key_fields + plan.fields]
         values: list[sql.Composable] = [self._cast(plan, f) for f in key_fields + plan.fields]
+        if plan.touch:
+            columns.append("updated_at")
+            values.append(sql.SQL("now()"))
+        return columns, values
+
+    def _upsert_statement(self, plan: Plan, src: sql.Composable) -> sql.Composed:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE ... WHERE something changed."""
+        columns, values = self._inserted(plan)
         sets: list[sql.Composable] = [
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(f.column)) for f in plan.fields
         ]
         if plan.touch:
-            columns.append("updated_at")
-            values.append(sql.SQL("now()"))
             sets.append(sql.SQL("updated_at = EXCLUDED.updated_at"))
         return sql.SQL(
             "WITH w AS (INSERT INTO {table} AS dest ({cols}) SELECT {vals} FROM {src} src"
@@ -701,12 +707,7 @@ class UpdateDataOperator(CampaignBaseOperator):
 
         Field expressions may name ``dest``: for a new row its columns are all NULL.
         """
-        key_fields = [Field(d, sql.SQL("src.{}").format(sql.Identifier(s)), s) for d, s in plan.keys]
-        columns = [f.column for f in key_fields + plan.fields]
-        values: list[sql.Composable] = [self._cast(plan, f) for f in key_fields + plan.fields]
-        if plan.touch:
-            columns.append("updated_at")
-            values.append(sql.SQL("now()"))
+        columns, values = self._inserted(plan)
         missing = (
             sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} dest WHERE {})").format(plan.ident, match)
             if plan.keys
