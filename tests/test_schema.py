@@ -25,6 +25,7 @@ TABLES = {
     "staging_tables",
     "incremental_state",
     "incremental_history",
+    "update_progress",
     "schema_migrations",
 }
 
