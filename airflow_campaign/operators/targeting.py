@@ -425,7 +425,7 @@ class ReadAudienceOperator(CampaignBaseOperator):
 
 _MATCH_KEY = "_match_key"
 Unmatched = Literal["reject", "keep"]
-OnReject = Literal["output", "fail"]
+Rejects = Literal["output", "skip", "fail"]
 
 
 class LoadFileOperator(CampaignBaseOperator):
@@ -445,8 +445,9 @@ class LoadFileOperator(CampaignBaseOperator):
     :param unmatched: ``"reject"`` (default) or ``"keep"`` rows that match no resource row
         (kept rows have a NULL key).
     :param key: when not reconciling, the file column that identifies a row (default: the first).
-    :param on_reject: ``"output"`` (default: rejects become a second population, XCom key
-        ``rejects``) or ``"fail"`` (any reject fails the task, nothing is written).
+    :param rejects: ``"output"`` (default: rejected rows become a second population, XCom
+        key ``rejects``), ``"skip"`` (count them, keep only the accepted rows) or ``"fail"``
+        (any reject fails the task, nothing is written).
     :param aws_conn_id: AWS connection for s3:// paths.
 
     Rows are rejected with a reason when a value does not convert to its type (PostgreSQL 16
@@ -469,7 +470,7 @@ class LoadFileOperator(CampaignBaseOperator):
         resource: str = "profiles",
         unmatched: Unmatched = "reject",
         key: str | None = None,
-        on_reject: OnReject = "output",
+        rejects: Rejects = "output",
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
@@ -477,7 +478,7 @@ class LoadFileOperator(CampaignBaseOperator):
         if format is not None:
             check_choice("format", format, FORMATS)
         check_choice("unmatched", unmatched, literal_choices(Unmatched))
-        check_choice("on_reject", on_reject, literal_choices(OnReject))
+        check_choice("rejects", rejects, literal_choices(Rejects))
         self.path = path
         self.format = format
         self.columns = list(columns) if columns else None
@@ -489,16 +490,15 @@ class LoadFileOperator(CampaignBaseOperator):
         self.resource = resource
         self.unmatched = unmatched
         self.key = key
-        self.on_reject = on_reject
+        self.rejects = rejects
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.run_in_transaction(lambda conn: self._load(conn, context))
-        pop, rejects = result
-        self.log.info(
-            "%s: loaded %d rows from %s, %d rejected", self.task_id, pop.count, self.path, rejects.count
-        )
-        context["ti"].xcom_push(key="rejects", value=rejects.to_dict())
+        pop, rejected, rejects = result
+        self.log.info("%s: loaded %d rows from %s, %d rejected", self.task_id, pop.count, self.path, rejected)
+        if rejects is not None:
+            context["ti"].xcom_push(key="rejects", value=rejects.to_dict())
         return pop.to_dict()
 
     def reconcile_mapping(self) -> dict[str, str]:
@@ -516,7 +516,7 @@ class LoadFileOperator(CampaignBaseOperator):
             "resource, or {file_column: resource_column}."
         )
 
-    def _load(self, conn: psycopg.Connection, context: Any) -> tuple[Population, Population]:
+    def _load(self, conn: psycopg.Connection, context: Any) -> tuple[Population, int, Population | None]:
         fmt = self.format or infer_format(self.path)
         raw, file_columns, file_types = load_raw(
             conn,
@@ -590,29 +590,38 @@ class LoadFileOperator(CampaignBaseOperator):
                 "CREATE TEMP TABLE file_checked ON COMMIT DROP AS SELECT f.*{}, {} AS reject_reason FROM {}"
             ).format(match_key, reason_expr, source)
         )
-        rejected = sql.SQL(
-            "SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL"
-        ).format(line=line, cols=_idents(wanted))
-        rejects = self.save(
-            conn, context, rejected, key=LINE_COLUMN, resource=None, suffix="rejects", option="path"
-        )
-        if rejects.count and self.on_reject == "fail":
+        row = conn.execute("SELECT count(*) FROM file_checked WHERE reject_reason IS NOT NULL").fetchone()
+        rejected = int(row[0]) if row else 0
+        if rejected and self.rejects == "fail":
             sample = conn.execute(
                 sql.SQL(
                     "SELECT {}, reject_reason FROM file_checked WHERE reject_reason IS NOT NULL ORDER BY 1 LIMIT 5"
                 ).format(line)
             ).fetchall()
             raise CampaignError(
-                f"path={self.path!r}: {rejects.count} row(s) rejected and on_reject='fail' "
+                f"path={self.path!r}: {rejected} row(s) rejected and rejects='fail' "
                 f"(first: {', '.join(f'row {n}: {r}' for n, r in sample)}). Nothing was written; fix the "
-                "file, or use on_reject='output' to pass the rejects on as a population."
+                "file, or use rejects='output' to pass the rejects on as a population."
+            )
+        rejects = None
+        if self.rejects == "output":
+            rejects = self.save(
+                conn,
+                context,
+                sql.SQL(
+                    "SELECT {line}, reject_reason, {cols} FROM file_checked WHERE reject_reason IS NOT NULL"
+                ).format(line=line, cols=_idents(wanted)),
+                key=LINE_COLUMN,
+                resource=None,
+                suffix="rejects",
+                option="path",
             )
         accepted = sql.SQL(
             "SELECT {} FROM file_checked f WHERE f.reject_reason IS NULL ORDER BY f.{}"
         ).format(sql.SQL(", ").join(select_list), line)
         pop = self.save(conn, context, accepted, key=key, resource=resource_name, option="path")
         self.check_empty(pop, f"file {self.path}")
-        return pop, rejects
+        return pop, rejected, rejects
 
     def _match(
         self,

@@ -93,19 +93,31 @@ def test_reconcile_on_the_key_rejects_values_of_the_wrong_type(db, context, tmp_
     ]
 
 
-def test_on_reject_fail_writes_nothing(db, context, tmp_path):
+def test_rejects_fail_writes_nothing(db, context, tmp_path):
     path = tmp_path / "strict.csv"
     path.write_text("id,points\n1,5\n2,five\n3,7\n")
     ctx = context("strict")
     with pytest.raises(
         CampaignError,
-        match=r"path='.*strict.csv': 1 row\(s\) rejected and on_reject='fail' \(first: row 2: invalid points\)",
+        match=r"path='.*strict.csv': 1 row\(s\) rejected and rejects='fail' \(first: row 2: invalid points\)",
     ):
-        LoadFileOperator(task_id="strict", path=str(path), types={"points": "int"}, on_reject="fail").execute(
+        LoadFileOperator(task_id="strict", path=str(path), types={"points": "int"}, rejects="fail").execute(
             ctx
         )
     assert staged(db, ctx) == []
     assert ctx["ti"].xcoms == {}
+
+
+def test_rejects_skip_keeps_the_accepted_rows_only(db, context, tmp_path):
+    path = tmp_path / "lenient.csv"
+    path.write_text("id,points\n1,5\n2,five\n3,7\n")
+    ctx = context("lenient")
+    out = LoadFileOperator(
+        task_id="lenient", path=str(path), types={"points": "int"}, rejects="skip"
+    ).execute(ctx)
+    assert [r["points"] for r in rows(db, out)] == [5, 7]
+    assert "rejects" not in ctx["ti"].xcoms
+    assert [t for t in staged(db, ctx) if t.startswith("recorded")] == [f"recorded {out['table']}"]
 
 
 def test_without_reconciliation_the_first_column_is_the_key(db, context, tmp_path):
@@ -332,7 +344,7 @@ def test_paths_and_formats_that_cannot_be_read(db, context, tmp_path):
     [
         ({"format": "xml"}, r"format='xml' is not valid; use one of \['csv', 'tsv', 'jsonl', 'parquet'\]"),
         ({"unmatched": "drop"}, r"unmatched='drop' is not valid"),
-        ({"on_reject": "ignore"}, r"on_reject='ignore' is not valid"),
+        ({"rejects": "ignore"}, r"rejects='ignore' is not valid"),
     ],
 )
 def test_bad_choices_fail_at_parse_time(kwargs, message):
