@@ -21,6 +21,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_campaign.operators.targeting",
                     "airflow_campaign.operators.housekeeping",
+                    "airflow_campaign.operators.update_data",
+                    "airflow_campaign.operators.save_audience",
+                    "airflow_campaign.operators.subscription_services",
+                    "airflow_campaign.operators.extract_file",
                 ],
             }
         ],

@@ -166,6 +166,9 @@ def main() -> int:
 
     bench_upsert(url, results, scale)
     bench_insert_rows(url, results, min(scale, 100_000))
+    from benchmarks.subscription_services import bench_subscriptions
+
+    bench_subscriptions(url, results, scale)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
     return 0

@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from airflow_campaign.errors import CampaignError
 from airflow_campaign.schema import migrate
 
 TABLES = {
@@ -26,6 +27,7 @@ TABLES = {
     "incremental_state",
     "incremental_history",
     "update_progress",
+    "subscription_runs",
     "schema_migrations",
 }
 
@@ -115,3 +117,21 @@ def test_the_delivery_log_has_one_row_per_recipient_and_run_key(db):
             db.execute(
                 "UPDATE campaign.delivery_logs SET status = 'bounced' WHERE delivery_id = %s", (delivery,)
             )
+
+
+def test_a_migration_that_lands_after_a_newer_one_is_still_applied(fresh_database, monkeypatch):
+    shipped = migrate.migrations()
+    later = [m for m in shipped if m.version != 3]
+    with psycopg.connect(fresh_database(), autocommit=True) as conn:
+        monkeypatch.setattr(migrate, "migrations", lambda: later)
+        migrate.upgrade(conn)
+        monkeypatch.setattr(migrate, "migrations", lambda: shipped)
+        assert migrate.current_version(conn) == migrate.head()
+        assert migrate.pending(conn) == [3]
+        with pytest.raises(
+            CampaignError, match=r"without migration\(s\) \[3\] .*run `airflow-campaign db upgrade`"
+        ):
+            migrate.require_current(conn, "task")
+        assert [m.version for m in migrate.upgrade(conn)] == [3]
+        assert migrate.pending(conn) == []
+        migrate.require_current(conn, "task")

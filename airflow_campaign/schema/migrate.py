@@ -45,14 +45,28 @@ def current_version(conn: Any) -> int:
     return int(row[0])
 
 
+def pending(conn: Any) -> list[int]:
+    """Versions shipped with this package that the database has not had (all, when it has none)."""
+    exists = conn.execute("SELECT to_regclass('campaign.schema_migrations') IS NOT NULL").fetchone()[0]
+    done = (
+        {int(r[0]) for r in conn.execute("SELECT version FROM campaign.schema_migrations")}
+        if exists
+        else set()
+    )
+    return [m.version for m in migrations() if m.version not in done]
+
+
 def require_current(conn: Any, doing: str) -> None:
     """Raise a CampaignError naming the fix when the database is behind this package's schema."""
     from airflow_campaign.errors import CampaignError
 
     at, want = current_version(conn), head()
-    if at < want:
+    missing = pending(conn)
+    if missing:
         state = (
-            "has no campaign schema" if at == 0 else f"has the campaign schema at version {at} (need {want})"
+            "has no campaign schema"
+            if at == 0
+            else f"has the campaign schema at version {at} without migration(s) {missing} (head {want})"
         )
         raise CampaignError(
             f"{doing}: the database {state}; run `airflow-campaign db upgrade` (with the same --url or "
@@ -75,9 +89,9 @@ def upgrade(conn: Any) -> list[Migration]:
             " created_at timestamptz NOT NULL DEFAULT now(),"
             " updated_at timestamptz NOT NULL DEFAULT now())"
         )
-        at = current_version(conn)
+        done = {int(r[0]) for r in conn.execute("SELECT version FROM campaign.schema_migrations")}
         for migration in migrations():
-            if migration.version <= at:
+            if migration.version in done:  # by version, not "above the newest": none is ever skipped
                 continue
             conn.execute(migration.sql)
             conn.execute(
