@@ -104,6 +104,80 @@ def report(conn: Any, run_id: str) -> list[tuple[str, int, int | None]]:
     return out
 
 
+def xcom(dag_id: str, run_id: str, task_id: str) -> Any:
+    """The return value a task of the demo run pushed (None when it pushed none)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=task_id, key="return_value")
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def activities(conn: Any, run_id: str) -> list[tuple[str, str, str, bool]]:
+    """(task, what it did, what SQL or the file says, whether they agree) for the tasks using the population."""
+    out: list[tuple[str, str, str, bool]] = []
+    audience = xcom(DAG_ID, run_id, "readers_audience")
+    if audience:
+        members = conn.execute(
+            "SELECT count(*) FROM campaign.audience_members m JOIN campaign.audiences a ON a.id = m.audience_id"
+            " WHERE a.name = %s",
+            (audience["audience"],),
+        ).fetchone()[0]
+        out.append(
+            (
+                "readers_audience",
+                f"audience {audience['audience']}: {audience['size']} members",
+                f"{members} members",
+                members == audience["size"],
+            )
+        )
+    extract = xcom(DAG_ID, run_id, "gold_file")
+    if extract:
+        path = Path(extract["path"]) if extract.get("path") else None
+        lines = sum(1 for _ in path.open(encoding="utf-8")) - 1 if path and path.exists() else -1
+        out.append(
+            (
+                "gold_file",
+                f"{extract['rows']} rows, {extract['bytes']} bytes: {extract['path']}",
+                f"{lines} data lines in the file",
+                lines == extract["rows"],
+            )
+        )
+    points = xcom(DAG_ID, run_id, "raise_points")
+    signups = xcom(DAG_ID, run_id, "store_signups")
+    if points and signups:
+        from psycopg import sql
+
+        below = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {} s JOIN campaign.profiles p ON p.id = s.id WHERE s.points > p.loyalty_points"
+            ).format(sql.Identifier(*signups["table"].split(".")))
+        ).fetchone()[0]
+        out.append(
+            (
+                "raise_points",
+                f"{points['updated']} raised, {points['unchanged']} unchanged, {points['unmatched']} unmatched",
+                f"{below} profiles below their store balance",
+                below == 0,
+            )
+        )
+    promotions = xcom(DAG_ID, run_id, "promotions")
+    if promotions:
+        events = conn.execute(
+            "SELECT count(*) FROM campaign.subscription_events e JOIN campaign.services v ON v.id = e.service_id"
+            " WHERE v.name = 'promotions' AND e.run_id = %s AND e.operation = 'subscribe'",
+            (run_id,),
+        ).fetchone()[0]
+        shown = ", ".join(f"{k} {v}" for k, v in promotions.items() if isinstance(v, int))
+        out.append(
+            ("promotions", shown, f"{events} subscribe events", events == promotions.get("subscribed"))
+        )
+    return out
+
+
 def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
     """Start the embedded server, create and seed the schema, run the demo DAG, print the report."""
     import psycopg
@@ -144,6 +218,13 @@ def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
         mark = "" if expected is None else (f"{expected:>9}" + ("" if expected == count else "  MISMATCH"))
         mismatches += expected is not None and expected != count
         print(f"{label:<28} {count:>8} {mark}")
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        used = activities(conn, dag_run.run_id)
+    if used:
+        print(f"\n{'task':<18} {'what it did':<58} check")
+        for task, did, check, ok in used:
+            print(f"{task:<18} {did:<58} {check}{'' if ok else '  MISMATCH'}")
+            mismatches += not ok
     print(
         f"\nstore_signups.csv had {signups['known']} known, {signups['unknown']} unknown and "
         f"{signups['bad_points']} bad-points rows"

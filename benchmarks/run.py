@@ -169,6 +169,9 @@ def main() -> int:
     from benchmarks.subscription_services import bench_subscriptions
 
     bench_subscriptions(url, results, scale)
+    from benchmarks.extract_file import bench_extract
+
+    bench_extract(url, results, scale)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
     return 0

@@ -1,4 +1,6 @@
-"""Demo campaign: target French newsletter readers, clean the list, enrich and split it into segments.
+"""Demo campaign: target French newsletter readers, clean the list, enrich and split it into
+segments; then use it: save it as an audience, extract the gold segment to a file, raise the
+points of store sign-ups and subscribe them to the promotions service.
 
 Runs on the seeded demo data (``airflow-campaign seed``): `make demo` runs it with ``dag.test()``.
 """
@@ -10,6 +12,9 @@ import os
 
 from airflow.sdk import DAG
 
+from airflow_campaign.operators.extract_file import ExtractFileOperator
+from airflow_campaign.operators.save_audience import SaveAudienceOperator
+from airflow_campaign.operators.subscription_services import SubscriptionServicesOperator
 from airflow_campaign.operators.targeting import (
     DeduplicationOperator,
     EnrichmentOperator,
@@ -20,15 +25,18 @@ from airflow_campaign.operators.targeting import (
     ReadAudienceOperator,
     SegmentationOperator,
 )
+from airflow_campaign.operators.update_data import UpdateDataOperator
 
-SIGNUPS = os.path.join(os.environ.get("CAMPAIGN_DEMO_DIR", ".campaign"), "in", "store_signups.csv")
+DEMO_DIR = os.environ.get("CAMPAIGN_DEMO_DIR", ".campaign")
+SIGNUPS = os.path.join(DEMO_DIR, "in", "store_signups.csv")
+EXTRACTS = os.path.join(DEMO_DIR, "out")
 
 with DAG(
     dag_id="campaign_targeting",
     schedule=None,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
-    params={"signups_path": SIGNUPS},
+    params={"signups_path": SIGNUPS, "extract_dir": EXTRACTS},
     tags=["campaign", "example"],
     doc_md=__doc__,
 ) as dag:
@@ -86,4 +94,32 @@ with DAG(
     )
     new_readers = ExclusionOperator(
         task_id="new_readers", primary=store_signups.output, exclude=[newsletter_readers.output]
+    )
+
+    # ---- using the population --------------------------------------------------------------
+    readers_audience = SaveAudienceOperator(
+        task_id="readers_audience", population=contactable.output, audience="demo_french_readers"
+    )
+    gold_file = ExtractFileOperator(
+        task_id="gold_file",
+        population=segments.output["gold"],
+        path="{{ params.extract_dir }}/gold_customers_{{ ds_nodash }}.csv",
+        columns=["id", "email", "locale", "loyalty_points"],
+        sort=["id"],
+        timestamp_in_name=False,
+    )
+    # store balances only ever raise loyalty_points (after the segments, which read them)
+    raise_points = UpdateDataOperator(
+        task_id="raise_points",
+        population=store_signups.output,
+        operation="update",
+        fields={"loyalty_points": {"value": "points", "when": "src.points > dest.loyalty_points"}},
+    )
+    segments >> raise_points
+    promotions = SubscriptionServicesOperator(
+        task_id="promotions",
+        population=store_signups.output,
+        service="promotions",
+        operation="subscribe",
+        origin="store sign-up",
     )

@@ -1,4 +1,4 @@
-"""End to end: the demo campaign DAG (nine targeting tasks) under dag.test() on the real database."""
+"""End to end: the demo campaign DAG (targeting, then using the population) under dag.test()."""
 
 from __future__ import annotations
 
@@ -6,18 +6,23 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from airflow_campaign import demo
+from airflow_campaign.embedded import connection_fields
 
 DAG_FILE = Path(__file__).parents[2] / "dags_examples" / "campaign_targeting.py"
 
 
 def test_demo_dag_counts_match_sql(
-    seeded: str, airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scratch: Any, airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the demo changes profiles, audiences and subscriptions: run it on a private copy
+    seeded = scratch.url
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DEFAULT", json.dumps(connection_fields(seeded)))
     with psycopg.connect(seeded, autocommit=True) as conn:
         written = demo.write_signups(conn, tmp_path / "in" / "store_signups.csv")
     monkeypatch.setenv("CAMPAIGN_DEMO_DIR", str(tmp_path))
@@ -44,6 +49,14 @@ def test_demo_dag_counts_match_sql(
         )
         assert reasons["unmatched"] == written["unknown"]
         assert reasons["invalid points"] == written["bad_points"]
+
+        # the tasks that use the population: each agrees with the database or the file
+        used = {task: (did, check, ok) for task, did, check, ok in demo.activities(conn, dag_run.run_id)}
+        assert set(used) == {"readers_audience", "gold_file", "raise_points", "promotions"}
+        assert all(ok for _, _, ok in used.values()), used
+        assert f"{lines['contactable'][0]} members" == used["readers_audience"][1]
+        assert used["gold_file"][1] == f"{lines['segments: gold'][0]} data lines in the file"
+        assert str(tmp_path / "out" / "gold_customers_") in used["gold_file"][0]
     # the XCom Airflow stored for a table population is small whatever the row count
     value = _xcom(dag_run.run_id, "newsletter_readers")
     assert len(value) < 1024 and json.loads(value)["count"] == lines["newsletter_readers"][0]
