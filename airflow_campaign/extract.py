@@ -317,24 +317,7 @@ class _Destination:
         return S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
 
     def _check_bucket(self) -> None:
-        try:
-            self._client().head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__))
-            if code in ("403", "AccessDenied", "Forbidden"):
-                log.warning(
-                    "path=%r: cannot check bucket %r (%s); trying the upload", self.path, self.bucket, code
-                )
-                return
-            problem = (
-                "does not exist"
-                if code in ("404", "NoSuchBucket", "NotFound")
-                else f"cannot be reached ({code})"
-            )
-            raise CampaignError(
-                f"path={self.path!r}: the bucket {self.bucket!r} {problem}. Create it, fix the path, or check "
-                f"that aws_conn_id={self.aws_conn_id!r} may write to it. Nothing was written."
-            ) from exc
+        check_bucket("path", self.path, self.bucket, self.aws_conn_id)
 
     def temp(self, suffix: str = "") -> str:
         """A new empty temporary file beside the destination (hidden, ``.part``), with the umask's mode."""
@@ -546,6 +529,29 @@ def _decimal_fits(column: _Column, kind: str | None) -> bool:
 
 
 # ---- writing -------------------------------------------------------------------------------------
+
+
+def check_bucket(option: str, path: str, bucket: str, aws_conn_id: str | None) -> None:
+    """Raise naming ``option`` when the S3 bucket of ``path`` does not exist or cannot be reached.
+
+    A bucket the connection may not inspect (403) is left to the upload itself.
+    """
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    try:
+        S3Hook(aws_conn_id=aws_conn_id).get_conn().head_bucket(Bucket=bucket)
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__))
+        if code in ("403", "AccessDenied", "Forbidden"):
+            log.warning("%s=%r: cannot check bucket %r (%s); trying the upload", option, path, bucket, code)
+            return
+        problem = (
+            "does not exist" if code in ("404", "NoSuchBucket", "NotFound") else f"cannot be reached ({code})"
+        )
+        raise CampaignError(
+            f"{option}={path!r}: the bucket {bucket!r} {problem}. Create it, fix the path, or check "
+            f"that aws_conn_id={aws_conn_id!r} may write to it. Nothing was written."
+        ) from exc
 
 
 def write_query(

@@ -157,6 +157,16 @@ class CampaignHook(PostgresHook):
         return [(r[0], r[1]) for r in rows]
 
     @staticmethod
+    def relation_types(conn: psycopg.Connection, relation: sql.Composable) -> dict[str, str]:
+        """``{column: type}`` of a table or temporary table given as a quoted identifier."""
+        rows = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (relation.as_string(conn),),
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    @staticmethod
     def copy_rows_in(
         conn: psycopg.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
     ) -> int:

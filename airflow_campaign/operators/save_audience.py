@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from airflow_campaign.errors import CampaignError
-from airflow_campaign.extract import WriteResult, write_query
+from airflow_campaign.extract import WriteResult, check_bucket, write_query
 from airflow_campaign.files import LINE_COLUMN, infer_format, load_raw
 from airflow_campaign.operators.base import (
     CampaignBaseOperator,
@@ -711,23 +711,7 @@ def check_destination(option: str, path: str, aws_conn_id: str | None) -> None:
         bucket, _, key = path.removeprefix("s3://").partition("/")
         if not bucket or not key or key.endswith("/"):
             raise CampaignError(f"{option}={path!r}: an S3 path is s3://bucket/key (a file, not a folder).")
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        try:
-            S3Hook(aws_conn_id=aws_conn_id).get_conn().head_bucket(Bucket=bucket)
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__))
-            if code in ("403", "AccessDenied", "Forbidden"):
-                return
-            problem = (
-                "does not exist"
-                if code in ("404", "NoSuchBucket", "NotFound")
-                else f"cannot be reached ({code})"
-            )
-            raise CampaignError(
-                f"{option}={path!r}: the bucket {bucket!r} {problem}. Create it, fix the path, or check "
-                f"that aws_conn_id={aws_conn_id!r} may write to it. Nothing was written."
-            ) from exc
+        check_bucket(option, path, bucket, aws_conn_id)
         return
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
         raise CampaignError(

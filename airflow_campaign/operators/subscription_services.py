@@ -11,6 +11,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from airflow_campaign.errors import CampaignError
+from airflow_campaign.hooks.campaign import CampaignHook
 from airflow_campaign.operators.base import (
     CampaignBaseOperator,
     check_choice,
@@ -139,7 +140,7 @@ class SubscriptionServicesOperator(CampaignBaseOperator):
         identity = run_identity(context)
         service_id = self._service_id(conn) if self.service_column is None else None
         rel = pop.bind(conn, "population")
-        types = _column_types(conn, rel)
+        types = CampaignHook.relation_types(conn, rel)
         empty = not _has_rows(conn, rel)
         if empty:
             self.check_empty(dataclasses.replace(pop, count=0), "population")
@@ -426,16 +427,6 @@ def _base_type(pg_type: str) -> str:
 def _has_rows(conn: psycopg.Connection, rel: sql.Composable) -> bool:
     row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(rel)).fetchone()
     return bool(row and row[0])
-
-
-def _column_types(conn: psycopg.Connection, rel: sql.Composable) -> dict[str, str]:
-    """``{column: type}`` of a bound population relation (a staging or a temporary table)."""
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
-        " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (rel.as_string(conn),),
-    ).fetchall()
-    return {r[0]: r[1] for r in rows}
 
 
 def _operation_expr(column: str, pg_type: str) -> sql.Composable:

@@ -380,7 +380,7 @@ class UpdateDataOperator(CampaignBaseOperator):
         for dest, src in plan.keys:
             checks.append((sql.SQL("src.{} IS NULL").format(sql.Identifier(src)), f"missing {dest}"))
         typed = conn.info.server_version >= 160000
-        source_types = _relation_types(conn, rel)
+        source_types = CampaignHook.relation_types(conn, rel)
         pairs = [(d, s) for d, s in plan.keys] + [
             (f.column, f.source_column) for f in plan.fields if f.source_column
         ]
@@ -478,7 +478,7 @@ class UpdateDataOperator(CampaignBaseOperator):
     def _fail_on_rejects(
         self, conn: psycopg.Connection, plan: Plan, rel: sql.Composable, reason: sql.Composable, rejected: int
     ) -> None:
-        keys = [s for _, s in plan.keys] or list(_relation_types(conn, rel))[:1]
+        keys = [s for _, s in plan.keys] or list(CampaignHook.relation_types(conn, rel))[:1]
         sample = conn.execute(
             sql.SQL("SELECT {}, ({}) FROM {} src WHERE ({}) IS NOT NULL ORDER BY 1 LIMIT 5").format(
                 sql.SQL(", ").join(sql.SQL("src.{}").format(sql.Identifier(k)) for k in keys),
@@ -781,16 +781,6 @@ def _not_null_columns(conn: psycopg.Connection, table: str) -> set[str]:
         (qualified(table).as_string(conn),),
     ).fetchall()
     return {r[0] for r in rows}
-
-
-def _relation_types(conn: psycopg.Connection, rel: sql.Composable) -> dict[str, str]:
-    """``{column: type}`` of a table or temporary table given as a quoted identifier."""
-    rows = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        (rel.as_string(conn),),
-    ).fetchall()
-    return {r[0]: r[1] for r in rows}
 
 
 def _row_count(conn: psycopg.Connection, table: str) -> int:
