@@ -88,8 +88,9 @@ def record(
             "better": better,
         }
     )
+    unit = " MB" if "MB" in name else "s"  # memory comparisons hold megabytes in the *_s fields
     print(
-        f"{name:<44} ours {ours_s:8.3f}s  {other:<34} {other_s:8.3f}s  ratio {ratio:6.3f} "
+        f"{name:<44} ours {ours_s:8.3f}{unit}  {other:<34} {other_s:8.3f}{unit}  ratio {ratio:6.3f} "
         f"(target {'<=' if better == 'lower' else '>='} {target}) {'ok' if ok else 'MISSED'}"
     )
 
