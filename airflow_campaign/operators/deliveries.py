@@ -1,0 +1,352 @@
+"""EmailDeliveryOperator: a personalised email to a population, once or on a schedule, never twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import psycopg
+from airflow.sdk.exceptions import AirflowSkipException
+from psycopg import sql
+
+from airflow_campaign.delivery import engine
+from airflow_campaign.delivery.recurrence import AggregationPeriod, OnBackfill, RunInfo, run_info
+from airflow_campaign.delivery.typology import Rule, Typology, email_typology
+from airflow_campaign.durations import parse_duration
+from airflow_campaign.errors import CampaignError
+from airflow_campaign.hooks.campaign import CampaignHook, qualified
+from airflow_campaign.operators.base import CampaignBaseOperator, check_choice, literal_choices, run_identity
+from airflow_campaign.population import Population
+from airflow_campaign.resources import Resource
+from airflow_campaign.schema.migrate import require_current
+
+Mode = Literal["prepare_and_send", "prepare", "send"]
+Outbound = Literal["sent", "all", "none"]
+EmailChannelName = Literal["outbox", "smtp", "ses"]
+
+
+class DeliveryOperator(CampaignBaseOperator):
+    """What every delivery shares (email now; SMS and push use the same engine).
+
+    :param population: the recipients (a Population, its dict, an XComArg, a list of dicts or a
+        DataFrame) of a resource with an address column.
+    :param delivery: the delivery's name, unique in the campaign database (default
+        ``<dag_id>.<task_id>``); its ledger is keyed by it.
+    :param service: a subscription service: only its subscribers receive the message.
+    :param typology: the exclusion rules, in order (default: the channel's standard typology).
+    :param address_column: the column holding the address (a population column, else the
+        resource's).
+    :param mode: ``"prepare_and_send"`` (default), ``"prepare"`` (fill the ledger and stop, e.g.
+        before an approval) or ``"send"`` (send what a ``prepare`` task of the same delivery
+        prepared for this run).
+    :param aggregation_period: group occurrences for reporting: ``"none"`` (each run),
+        ``"day"``, ``"week"``, ``"month"`` or ``"year"``.
+    :param once_per_period: also leave out recipients sent to in another run of the same period.
+    :param on_backfill: in a backfill run: ``"simulate"`` (default: prepare and log as
+        simulated, send nothing), ``"skip"`` or ``"send"``.
+    :param stale_after: a scheduled run whose data interval ended longer ago than this (e.g.
+        ``"2d"``) is treated as a backfill.
+    :param on_uncertain: rows a killed try left ``sending``: ``"skip"`` (default: recorded as
+        ``unknown``, never re-sent) or ``"resend"``.
+    :param rate_limit: at most this many messages per second, across all connections.
+    :param page_size: recipients claimed, rendered and sent per page.
+    :param max_retries: retries of a transient failure (with exponential backoff) before the
+        recipient is marked failed.
+    :param max_error_rate: stop the task when more than this share of recipients failed (after
+        100); ``None`` never stops.
+    :param outbound: the return value: ``"sent"`` (default: the population actually sent to),
+        ``"all"`` (the input population) or ``"none"``.
+    """
+
+    channel_name = ""
+    template_fields: Sequence[str] = ("population", "delivery", "service")
+
+    def __init__(
+        self,
+        *,
+        population: Any,
+        delivery: str | None = None,
+        service: str | None = None,
+        typology: Typology | Sequence[Rule] | None = None,
+        address_column: str = "email",
+        mode: Mode = "prepare_and_send",
+        aggregation_period: AggregationPeriod = "none",
+        once_per_period: bool = False,
+        on_backfill: OnBackfill = "simulate",
+        stale_after: str | dt.timedelta | None = None,
+        on_uncertain: engine.OnUncertain = "skip",
+        rate_limit: float | None = None,
+        page_size: int = 1000,
+        max_retries: int = 3,
+        max_error_rate: float | None = 0.2,
+        outbound: Outbound = "sent",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("mode", mode, literal_choices(Mode))
+        check_choice("aggregation_period", aggregation_period, literal_choices(AggregationPeriod))
+        check_choice("on_backfill", on_backfill, literal_choices(OnBackfill))
+        check_choice("on_uncertain", on_uncertain, literal_choices(engine.OnUncertain))
+        check_choice("outbound", outbound, literal_choices(Outbound))
+        if rate_limit is not None and rate_limit <= 0:
+            raise CampaignError(f"rate_limit={rate_limit!r}: give messages per second (> 0), or None.")
+        if page_size < 1:
+            raise CampaignError(f"page_size={page_size!r}: give a whole number >= 1.")
+        if max_error_rate is not None and not 0 <= max_error_rate <= 1:
+            raise CampaignError(f"max_error_rate={max_error_rate!r}: give a share between 0 and 1, or None.")
+        self.population = population
+        self.delivery = delivery
+        self.service = service
+        self.typology = typology
+        self.address_column = address_column
+        self.mode = mode
+        self.aggregation_period = aggregation_period
+        self.once_per_period = once_per_period
+        self.on_backfill = on_backfill
+        self.stale_after = (
+            None if stale_after is None else dt.timedelta(seconds=parse_duration(stale_after, "stale_after"))
+        )
+        self.on_uncertain = on_uncertain
+        self.rate_limit = rate_limit
+        self.page_size = page_size
+        self.max_retries = max_retries
+        self.max_error_rate = max_error_rate
+        self.outbound = outbound
+        self.send_retry_delay = 2.0  # seconds before the first retry of a transient failure
+
+    # ---- what a channel supplies ----------------------------------------------------------------
+
+    def make_composer(self, columns: Sequence[str]) -> engine.Composer:
+        raise NotImplementedError
+
+    def make_channel(self) -> Any:
+        raise NotImplementedError
+
+    def check_content(self, columns: Sequence[str]) -> None:
+        """Raise before anything is written when the content cannot be sent to these columns."""
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
+        return None
+
+    # ---- execution ------------------------------------------------------------------------------
+
+    def delivery_name(self, context: Any) -> str:
+        ti = context["ti"]
+        return self.delivery or f"{ti.dag_id}.{ti.task_id}"
+
+    def default_typology(self) -> Typology:
+        return email_typology(once_per_period=self.once_per_period)
+
+    def resolved_typology(self) -> Typology:
+        if self.typology is None:
+            return self.default_typology()
+        if isinstance(self.typology, Typology):
+            return self.typology
+        return Typology(list(self.typology))
+
+    def execute(self, context: Any) -> Any:
+        info = run_info(context, self.aggregation_period, self.stale_after)
+        if info.backfill and self.on_backfill == "skip":
+            raise AirflowSkipException(f"{self.task_id}: a backfill run and on_backfill='skip'.")
+        spec = engine.DeliverySpec(
+            name=self.delivery_name(context),
+            channel=self.channel_name,
+            dag_id=context["ti"].dag_id,
+            task_id=context["ti"].task_id,
+            service=self.service,
+            settings=self.settings(),
+        )
+        hook = self.get_hook()
+        conn = hook.connect()
+        try:
+            with conn.transaction():
+                require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
+                delivery_id, service_id = engine.ensure_delivery(conn, spec)
+                occurrence_id = engine.ensure_occurrence(conn, delivery_id, info)
+                if self.mode == "send":
+                    targets, pop = self._prepared(conn, occurrence_id, spec.name, info)
+                else:
+                    targets, pop, prepared = self._prepare(
+                        conn, context, delivery_id, occurrence_id, service_id, info
+                    )
+                    if prepared is None:  # proofs only
+                        return None
+            if self.mode == "prepare":
+                result = engine.report(conn, occurrence_id)
+                self.log.info("%s: prepared %s", spec.name, result)
+                return self._finish(context, conn, result, pop, targets, occurrence_id)
+            if info.backfill and self.on_backfill == "simulate":
+                result = engine.report(conn, occurrence_id)
+                self.log.info(
+                    "%s: backfill run %s simulated: %s", spec.name, info.run_key, result["by_status"]
+                )
+                return self._finish(context, conn, result, pop, targets, occurrence_id)
+            columns = [c for c, _ in CampaignHook.columns_of(conn, targets)]
+            ident = run_identity(context)
+            claimer = "{dag_id}/{task_id}/{run_id}/{map_index}".format(**ident) + f"#{_try(context)}"
+            result = engine.send(
+                conn,
+                occurrence_id=occurrence_id,
+                targets=targets,
+                composer=self.make_composer(columns),
+                channel=self.make_channel(),
+                settings=engine.SendSettings(
+                    page_size=self.page_size,
+                    rate_limit=self.rate_limit,
+                    max_retries=self.max_retries,
+                    retry_delay=self.send_retry_delay,
+                    max_error_rate=self.max_error_rate,
+                    on_uncertain=self.on_uncertain,
+                ),
+                claimer=claimer,
+                logger=self.log,
+            )
+            return self._finish(context, conn, result, pop, targets, occurrence_id)
+        finally:
+            conn.close()
+
+    def _prepare(
+        self,
+        conn: psycopg.Connection,
+        context: Any,
+        delivery_id: int,
+        occurrence_id: int,
+        service_id: int | None,
+        info: RunInfo,
+    ) -> tuple[str, Population, dict[str, Any] | None]:
+        ((pop, rel),) = self.inputs(conn, [self.population], "population")
+        if not pop.resource:
+            raise CampaignError(
+                "population: a delivery needs a population of a resource (e.g. profiles) to find "
+                "addresses, denylists and subscriptions; this one has no resource."
+            )
+        resource = Resource.resolve(conn, pop.resource, pop.key)
+        if self.address_column in pop.columns:
+            address: sql.Composable = sql.SQL("p.{}").format(sql.Identifier(self.address_column))
+        elif self.address_column in resource.columns:
+            address = sql.SQL("r.{}").format(sql.Identifier(self.address_column))
+        else:
+            raise CampaignError(
+                f"address_column={self.address_column!r}: neither the population {pop.columns} nor the "
+                f"resource {resource.name!r} has it; give the column that holds the address."
+            )
+        self.check_content(pop.columns)
+        self.check_empty(pop, "population")
+        select = sql.SQL(
+            "SELECT p.*, p.{key}::text AS {rk}, {address}::text AS {addr} FROM {rel} p"
+            " LEFT JOIN {res} r ON r.{rkey} = p.{key}"
+        ).format(
+            key=sql.Identifier(pop.key),
+            rk=sql.Identifier(engine.RECIPIENT),
+            address=address,
+            addr=sql.Identifier(engine.ADDRESS),
+            rel=rel,
+            res=resource.ident,
+            rkey=sql.Identifier(resource.key),
+        )
+        targets = self.save(conn, context, select, key=pop.key, resource=pop.resource, suffix="targets")
+        assert targets.table is not None
+        conn.execute(
+            sql.SQL("CREATE INDEX ON {} ({})").format(
+                qualified(targets.table), sql.Identifier(engine.RECIPIENT)
+            )
+        )
+        conn.execute(sql.SQL("ANALYZE {}").format(qualified(targets.table)))
+        proofs = self.proofs(conn, targets.table, context)
+        if proofs is not None:
+            context["ti"].xcom_push(key="proofs", value=proofs)
+            return targets.table, pop, None
+        denylist = f"{self.channel_name}_denylisted"
+        prepared = engine.prepare(
+            conn,
+            delivery_id=delivery_id,
+            occurrence_id=occurrence_id,
+            service_id=service_id,
+            channel=self.channel_name,
+            targets=targets.table,
+            key=resource.key,
+            resource=resource.table,
+            typology=self.resolved_typology(),
+            info=info,
+            on_backfill=self.on_backfill,
+            denylist_column=denylist if denylist in resource.columns else None,
+            seed=self.delivery_name(context),
+        )
+        self.log.info(
+            "prepared %s for %s: %s; excluded %s",
+            self.delivery_name(context),
+            info.run_key,
+            prepared["by_status"],
+            prepared["excluded"],
+        )
+        return targets.table, pop, prepared
+
+    def _prepared(
+        self, conn: psycopg.Connection, occurrence_id: int, name: str, info: RunInfo
+    ) -> tuple[str, Population]:
+        row = conn.execute(
+            "SELECT targets_table FROM campaign.delivery_occurrences WHERE id = %s", (occurrence_id,)
+        ).fetchone()
+        targets = row[0] if row else None
+        if not targets or not CampaignHook.columns_of(conn, targets):
+            raise CampaignError(
+                f"mode='send': delivery {name!r} has nothing prepared for run key {info.run_key!r}; run its "
+                "prepare task (mode='prepare', the same delivery=) for this run first."
+            )
+        self.check_content([c for c, _ in CampaignHook.columns_of(conn, targets)])
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qualified(targets))).fetchone()
+        pop = Population(
+            kind="table",
+            table=targets,
+            key=engine.RECIPIENT,
+            resource=None,
+            columns=[c for c, _ in CampaignHook.columns_of(conn, targets)],
+            count=int(count[0]) if count else 0,
+        )
+        return targets, pop
+
+    def _finish(
+        self,
+        context: Any,
+        conn: psycopg.Connection,
+        result: dict[str, Any],
+        pop: Population,
+        targets: str,
+        occurrence_id: int,
+    ) -> Any:
+        context["ti"].xcom_push(key="report", value=result)
+        if self.outbound == "none":
+            return result
+        if self.outbound == "all":
+            return pop.to_dict()
+        columns = [
+            c
+            for c, _ in CampaignHook.columns_of(conn, targets)
+            if c not in (engine.ADDRESS, engine.RECIPIENT)
+        ]
+        with conn.transaction():
+            sent = self.save(
+                conn,
+                context,
+                sql.SQL(
+                    "SELECT {cols} FROM {t} t WHERE EXISTS (SELECT 1 FROM campaign.delivery_logs l"
+                    " WHERE l.occurrence_id = {occ} AND l.status = 'sent' AND l.recipient_key = t.{rk})"
+                ).format(
+                    cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+                    t=qualified(targets),
+                    occ=sql.Literal(occurrence_id),
+                    rk=sql.Identifier(engine.RECIPIENT),
+                ),
+                key=pop.key if pop.key in columns else columns[0],
+                resource=pop.resource,
+                suffix="sent",
+            )
+        return sent.to_dict()
+
+
+def _try(context: Any) -> int:
+    return int(getattr(context["ti"], "try_number", 1) or 1)
