@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import psycopg
+import psycopg.rows
 from psycopg import sql
 
 from airflow_campaign.channels.base import Channel, Envelope, Result
@@ -264,7 +265,12 @@ def send(
     logger: logging.Logger | Any = log,
     after_claim: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Send every pending row of the occurrence; return the report. ``conn`` must be autocommit-off."""
+    """Send every pending row of the occurrence; return the report.
+
+    ``conn`` must be in autocommit mode: each claim, and each page's results, commit on their own.
+    """
+    if not conn.autocommit:
+        raise ValueError("engine.send needs an autocommit connection")
     with conn.transaction():
         released = release_uncertain(conn, occurrence_id, claimer, settings.on_uncertain)
         if released:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import psycopg
+import psycopg.rows
 from airflow.sdk.exceptions import AirflowSkipException
 from psycopg import sql
 
@@ -162,6 +163,7 @@ class DeliveryOperator(CampaignBaseOperator):
         )
         hook = self.get_hook()
         conn = hook.connect()
+        conn.autocommit = True  # each `with conn.transaction()` below commits on its own
         try:
             with conn.transaction():
                 require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
@@ -350,3 +352,174 @@ class DeliveryOperator(CampaignBaseOperator):
 
 def _try(context: Any) -> int:
     return int(getattr(context["ti"], "try_number", 1) or 1)
+
+
+class EmailDeliveryOperator(DeliveryOperator):
+    """Send a personalised email to a population, once or on a schedule, never twice to anyone.
+
+    :param subject: the subject (a Jinja template over the population's columns).
+    :param from_addr: the sender's address.
+    :param html: the html body (a Jinja template, autoescaped).
+    :param text: the text body (a Jinja template); derived from ``html`` when left out.
+    :param from_name: the sender's display name.
+    :param reply_to: a Reply-To address.
+    :param headers: extra headers carried by every message.
+    :param marketing: a marketing email (default) must carry ``{{ unsubscribe_url }}``; its
+        messages get ``List-Unsubscribe`` and one-click headers. ``False`` for transactional mail.
+    :param channel: ``"outbox"`` (default: one .eml file per message in a folder), ``"smtp"`` or
+        ``"ses"``.
+    :param channel_options: the channel's options, e.g. ``{"smtp_conn_id": "smtp_relay",
+        "connections": 4}`` or ``{"folder": "/data/outbox"}`` (see docs/channels.md).
+    :param unsubscribe_url: the unsubscribe page; each message links to it with a signed,
+        per-recipient token.
+    :param unsubscribe_key: where the signing key is: ``"variable:<name>"`` or
+        ``"connection:<conn_id>"``.
+    :param mirror_url: a page showing the email on the web, linked as ``{{ mirror_url }}``.
+    :param proof_to: send a proof (subject prefixed ``[PROOF]``) of the first recipients' messages
+        to these addresses only; nothing goes to the population and the ledger is not touched.
+
+    Every parameter of the delivery engine (``delivery``, ``service``, ``typology``, ``mode``,
+    ``aggregation_period``, ``on_backfill``, ``rate_limit``, ...) is described on
+    :class:`DeliveryOperator`.
+    """
+
+    channel_name = "email"
+    ui_color = "#e0f3e3"
+
+    def __init__(
+        self,
+        *,
+        subject: str,
+        from_addr: str,
+        html: str | None = None,
+        text: str | None = None,
+        from_name: str | None = None,
+        reply_to: str | None = None,
+        headers: dict[str, str] | None = None,
+        marketing: bool = True,
+        channel: EmailChannelName = "outbox",
+        channel_options: dict[str, Any] | None = None,
+        unsubscribe_url: str | None = None,
+        unsubscribe_key: str = "variable:campaign_unsubscribe_key",
+        mirror_url: str | None = None,
+        proof_to: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        from airflow_campaign.channels.email import email_channel_options
+        from airflow_campaign.delivery.mime import MimeSkeleton, check_address
+        from airflow_campaign.delivery.render import EmailContent, compile_email
+
+        check_choice("channel", channel, literal_choices(EmailChannelName))
+        unknown = sorted(set(channel_options or {}) - set(email_channel_options(channel)))
+        if unknown:
+            raise CampaignError(
+                f"channel_options: {unknown} are not options of the {channel} channel; it takes "
+                f"{email_channel_options(channel)}."
+            )
+        if marketing and not unsubscribe_url:
+            raise CampaignError(
+                "unsubscribe_url: a marketing email needs the unsubscribe page's URL, e.g. "
+                "'https://example.com/unsubscribe' (or marketing=False for transactional mail)."
+            )
+        self.content = EmailContent(
+            subject=subject,
+            from_addr=from_addr,
+            html=html,
+            text=text,
+            from_name=from_name,
+            reply_to=reply_to,
+            headers=dict(headers or {}),
+        )
+        self.compiled = compile_email(self.content, marketing=marketing)  # syntax and checks now
+        MimeSkeleton.for_email(self.content, "check")  # addresses and headers now
+        for address in proof_to or []:
+            check_address("proof_to", address)
+        self.subject = subject
+        self.from_addr = from_addr
+        self.html = html
+        self.text = text
+        self.from_name = from_name
+        self.reply_to = reply_to
+        self.headers = headers
+        self.marketing = marketing
+        self.channel = channel
+        self.channel_options = dict(channel_options or {})
+        self.unsubscribe_url = unsubscribe_url
+        self.unsubscribe_key = unsubscribe_key
+        self.mirror_url = mirror_url
+        self.proof_to = list(proof_to or [])
+        self._run_key = ""
+        self._name = ""
+
+    def settings(self) -> dict[str, Any]:
+        return {"subject": self.subject, "from": self.from_addr, "channel": self.channel}
+
+    def check_content(self, columns: Sequence[str]) -> None:
+        self.compiled.check(columns)
+
+    def execute(self, context: Any) -> Any:
+        self._name = self.delivery_name(context)
+        self._run_key = run_info(context, self.aggregation_period, self.stale_after).run_key
+        return super().execute(context)
+
+    def make_channel(self) -> Any:
+        from airflow_campaign.channels.email import email_channel
+
+        options = dict(self.channel_options)
+        if self.channel == "outbox" and "folder" not in options and not options.get("null"):
+            import os
+
+            options["folder"] = os.path.join(
+                os.environ.get("CAMPAIGN_OUTBOX_DIR", ".campaign/outbox"), self._name
+            )
+        return email_channel(self.channel, **options)
+
+    def make_composer(self, columns: Sequence[str], subject_prefix: str = "") -> engine.Composer:
+        from airflow_campaign.delivery.email import EmailComposer
+        from airflow_campaign.delivery.mime import MimeSkeleton
+        from airflow_campaign.delivery.unsubscribe import LinkSigner, load_key
+
+        signer = None
+        if self.unsubscribe_url:
+            signer = LinkSigner(
+                load_key(self.unsubscribe_key),
+                self._name,
+                self.unsubscribe_url,
+                service=self.service,
+                mirror_base_url=self.mirror_url,
+            )
+        skeleton = MimeSkeleton.for_email(self.content, f"{self._name}/{self._run_key}")
+        return EmailComposer(self.compiled, skeleton, self._name, self._run_key, signer, subject_prefix)
+
+    def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
+        if not self.proof_to:
+            return None
+        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            rows = cur.execute(
+                sql.SQL("SELECT * FROM {} ORDER BY {} LIMIT {}").format(
+                    qualified(targets), sql.Identifier(engine.RECIPIENT), sql.Literal(len(self.proof_to))
+                )
+            ).fetchall()
+        if not rows:
+            raise CampaignError("proof_to: the population is empty, so there is no message to proof.")
+        # one proof per address, each with the next recipient's data (cycling when fewer)
+        samples = [
+            dict(rows[i % len(rows)], _campaign_log_id=-(i + 1), _campaign_send_to=address)
+            for i, address in enumerate(self.proof_to)
+        ]
+        envelopes, broken = self.make_composer([], subject_prefix="[PROOF] ").compose(samples)
+        channel = self.make_channel()
+        channel.open()
+        try:
+            results = channel.send_batch(envelopes)
+        finally:
+            channel.close()
+        failed = [r.error or r.outcome for r in results if r.outcome != "sent"] + [
+            reason for _, reason in broken
+        ]
+        if failed:
+            raise CampaignError(f"proof_to: {len(failed)} proof(s) failed: {failed}")
+        outcome = {"to": self.proof_to, "sent": sum(1 for r in results if r.outcome == "sent")}
+        self.log.info("proofs of %s: %s", self._name, outcome)
+        return outcome

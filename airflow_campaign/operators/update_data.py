@@ -185,6 +185,7 @@ class UpdateDataOperator(CampaignBaseOperator):
         ident = run_identity(context)
         hook = self.get_hook()
         conn = hook.connect()
+        conn.autocommit = True  # each `with conn.transaction()` below commits on its own
         try:
             with conn.transaction():
                 require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
