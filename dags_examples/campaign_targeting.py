@@ -1,6 +1,7 @@
 """Demo campaign: target French newsletter readers, clean the list, enrich and split it into
 segments; then use it: save it as an audience, extract the gold segment to a file, raise the
-points of store sign-ups and subscribe them to the promotions service.
+points of store sign-ups and subscribe them to the promotions service; finally email the gold
+segment (through the outbox: one .eml file per message) and report who got it and why not.
 
 Runs on the seeded demo data (``airflow-campaign seed``): `make demo` runs it with ``dag.test()``.
 """
@@ -12,6 +13,7 @@ import os
 
 from airflow.sdk import DAG
 
+from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 from airflow_campaign.operators.extract_file import ExtractFileOperator
 from airflow_campaign.operators.save_audience import SaveAudienceOperator
 from airflow_campaign.operators.subscription_services import SubscriptionServicesOperator
@@ -30,6 +32,7 @@ from airflow_campaign.operators.update_data import UpdateDataOperator
 DEMO_DIR = os.environ.get("CAMPAIGN_DEMO_DIR", ".campaign")
 SIGNUPS = os.path.join(DEMO_DIR, "in", "store_signups.csv")
 EXTRACTS = os.path.join(DEMO_DIR, "out")
+OUTBOX = os.path.join(DEMO_DIR, "outbox")
 
 with DAG(
     dag_id="campaign_targeting",
@@ -122,4 +125,21 @@ with DAG(
         service="promotions",
         operation="subscribe",
         origin="store sign-up",
+    )
+    gold_email = EmailDeliveryOperator(
+        task_id="gold_email",
+        population=segments.output["gold"],
+        delivery="demo_gold_thanks",
+        service="newsletter",
+        subject="{{ first_name }}, thank you for being a gold member",
+        html=(
+            "<p>Dear {{ first_name }},</p>"
+            "<p>You have {{ loyalty_points }} points: here is 10% off your next visit.</p>"
+            '<p><a href="{{ unsubscribe_url }}">Unsubscribe from the newsletter</a></p>'
+        ),
+        from_addr="news@shop.example.com",
+        from_name="Example Shop",
+        unsubscribe_url="https://shop.example.com/unsubscribe",
+        channel="outbox",
+        channel_options={"folder": OUTBOX},
     )

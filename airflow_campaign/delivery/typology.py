@@ -17,10 +17,13 @@ from psycopg import sql
 
 from airflow_campaign.errors import CampaignError
 
-# The WHATWG HTML "valid e-mail address" grammar (what browsers accept in <input type=email>).
+# The WHATWG HTML "valid e-mail address" grammar (what browsers accept in <input type=email>),
+# widened to internationalised addresses (RFC 6531): any non-ASCII character in the local part
+# and in domain labels, which the message builder sends as UTF-8 and IDNA.
+_U = r"[^\x01-\x7f]"
 EMAIL_SYNTAX = (
-    r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+$"
+    rf"^(?:[a-zA-Z0-9.!#$%&'*+/=?^_`{{|}}~-]|{_U})+@(?:[a-zA-Z0-9]|{_U})(?:(?:[a-zA-Z0-9-]|{_U}){{0,61}}(?:[a-zA-Z0-9]|{_U}))?"
+    rf"(?:\.(?:[a-zA-Z0-9]|{_U})(?:(?:[a-zA-Z0-9-]|{_U}){{0,61}}(?:[a-zA-Z0-9]|{_U}))?)+$"
 )
 
 

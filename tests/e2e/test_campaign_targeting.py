@@ -26,6 +26,7 @@ def test_demo_dag_counts_match_sql(
     with psycopg.connect(seeded, autocommit=True) as conn:
         written = demo.write_signups(conn, tmp_path / "in" / "store_signups.csv")
     monkeypatch.setenv("CAMPAIGN_DEMO_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_VAR_CAMPAIGN_UNSUBSCRIBE_KEY", "test-only-unsubscribe-signing-key")
     dag_run = demo.load_dag(DAG_FILE, demo.DAG_ID).test()
     assert str(dag_run.state).endswith("success")
 
@@ -52,7 +53,7 @@ def test_demo_dag_counts_match_sql(
 
         # the tasks that use the population: each agrees with the database or the file
         used = {task: (did, check, ok) for task, did, check, ok in demo.activities(conn, dag_run.run_id)}
-        assert set(used) == {"readers_audience", "gold_file", "raise_points", "promotions"}
+        assert set(used) == {"readers_audience", "gold_file", "raise_points", "promotions", "gold_email"}
         assert all(ok for _, _, ok in used.values()), used
         assert f"{lines['contactable'][0]} members" == used["readers_audience"][1]
         assert used["gold_file"][1] == f"{lines['segments: gold'][0]} data lines in the file"
