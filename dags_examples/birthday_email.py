@@ -37,7 +37,8 @@ with DAG(
         delivery="birthday",
         aggregation_period="year",  # reports per year; with once_per_period, one email per person a year
         once_per_period=True,
-        on_backfill="simulate",
+        # backfills only simulate, unless run with --dag-run-conf '{"on_backfill": "send"}'
+        on_backfill="{{ dag_run.conf.get('on_backfill', 'simulate') if dag_run.conf else 'simulate' }}",
         stale_after="2d",  # a run two days late is not sent either
         subject="Happy birthday, {{ first_name }}!",
         html=(

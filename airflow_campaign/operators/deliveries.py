@@ -61,7 +61,7 @@ class DeliveryOperator(CampaignBaseOperator):
     """
 
     channel_name = ""
-    template_fields: Sequence[str] = ("population", "delivery", "service")
+    template_fields: Sequence[str] = ("population", "delivery", "service", "on_backfill")
 
     def __init__(
         self,
@@ -87,7 +87,8 @@ class DeliveryOperator(CampaignBaseOperator):
         super().__init__(**kwargs)
         check_choice("mode", mode, literal_choices(Mode))
         check_choice("aggregation_period", aggregation_period, literal_choices(AggregationPeriod))
-        check_choice("on_backfill", on_backfill, literal_choices(OnBackfill))
+        if "{{" not in str(on_backfill):  # a template is checked once rendered, when the task runs
+            check_choice("on_backfill", on_backfill, literal_choices(OnBackfill))
         check_choice("on_uncertain", on_uncertain, literal_choices(engine.OnUncertain))
         check_choice("outbound", outbound, literal_choices(Outbound))
         if rate_limit is not None and rate_limit <= 0:
@@ -150,6 +151,7 @@ class DeliveryOperator(CampaignBaseOperator):
         return Typology(list(self.typology))
 
     def execute(self, context: Any) -> Any:
+        check_choice("on_backfill", self.on_backfill, literal_choices(OnBackfill))
         info = run_info(context, self.aggregation_period, self.stale_after)
         if info.backfill and self.on_backfill == "skip":
             raise AirflowSkipException(f"{self.task_id}: a backfill run and on_backfill='skip'.")
