@@ -173,6 +173,9 @@ def main() -> int:
     from benchmarks.extract_file import bench_extract
 
     bench_extract(url, results, scale)
+    from benchmarks.deliveries import bench_engine
+
+    bench_engine(url, results, scale)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
     return 0

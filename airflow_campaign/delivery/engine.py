@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -262,12 +263,16 @@ def send(
     channel: Channel,
     settings: SendSettings,
     claimer: str,
+    connect: Callable[[], psycopg.Connection],
     logger: logging.Logger | Any = log,
     after_claim: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Send every pending row of the occurrence; return the report.
 
-    ``conn`` must be in autocommit mode: each claim, and each page's results, commit on their own.
+    ``conn`` must be in autocommit mode. Claims and results go through connections of their own
+    (``connect()``), in two threads, so the database claims the next page and records the last
+    one while this thread renders and sends: each claim, and each page's results, commit on
+    their own.
     """
     if not conn.autocommit:
         raise ValueError("engine.send needs an autocommit connection")
@@ -300,22 +305,19 @@ def send(
         " LEFT JOIN {t} t ON t.{rk} = c.recipient_key ORDER BY c.id"
     ).format(t=qualified(targets), rk=sql.Identifier(RECIPIENT))
     done = sent = failed = 0
-    last_id = 0
     started = last_report = time.monotonic()
+    pipeline = _Pipeline(connect, claim, occurrence_id, claimer, settings.page_size)
     channel.open()
     try:
+        pipeline.start()
         while True:
-            with conn.transaction(), conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-                rows = cur.execute(
-                    claim, {"occ": occurrence_id, "after": last_id, "n": settings.page_size, "who": claimer}
-                ).fetchall()
-            if not rows:
+            rows = pipeline.next_page()
+            if rows is None:
                 break
-            last_id = rows[-1]["_campaign_log_id"]
             if after_claim is not None:
                 after_claim(len(rows))
             outcomes = _send_page(rows, composer, channel, throttle, settings, logger)
-            _record(conn, outcomes)
+            pipeline.record(outcomes)
             done += len(rows)
             sent += sum(1 for o in outcomes if o.outcome == "sent")
             failed += sum(1 for o in outcomes if o.outcome != "sent")
@@ -338,7 +340,10 @@ def send(
                     "in campaign.delivery_logs) and clear the task to resume."
                 )
     finally:
-        channel.close()
+        try:
+            pipeline.stop()
+        finally:
+            channel.close()
     with conn.transaction():
         result = report(conn, occurrence_id)
         still = result["by_status"].get("pending", 0) + result["by_status"].get("sending", 0)
@@ -349,6 +354,108 @@ def send(
         )
     logger.info("done: %s", ", ".join(f"{k} {v}" for k, v in sorted(result["by_status"].items())))
     return result
+
+
+class _Pipeline:
+    """Claims pages ahead (one thread) and records results behind (another), each on its own connection."""
+
+    AHEAD = 2
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection],
+        claim: sql.Composed,
+        occurrence_id: int,
+        claimer: str,
+        page_size: int,
+    ) -> None:
+        self.connect = connect
+        self.claim = claim
+        self.params = {"occ": occurrence_id, "after": 0, "n": page_size, "who": claimer}
+        self.pages: queue.Queue[Any] = queue.Queue(maxsize=self.AHEAD)
+        self.results: queue.Queue[Any] = queue.Queue()
+        self.stopping = threading.Event()
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(target=self._claim_pages, name="campaign-claim", daemon=True),
+            threading.Thread(target=self._record_results, name="campaign-record", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _claim_pages(self) -> None:
+        try:
+            conn = self.connect()
+            conn.autocommit = True
+            with conn:
+                while not self.stopping.is_set():
+                    with conn.transaction(), conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                        rows = cur.execute(self.claim, self.params).fetchall()
+                    if not rows:
+                        break
+                    self.params["after"] = rows[-1]["_campaign_log_id"]
+                    self.pages.put(rows)
+        except BaseException as exc:  # handed to the sending thread
+            self.errors.append(exc)
+        finally:
+            self.pages.put(None)
+
+    def _record_results(self) -> None:
+        conn = None
+        try:
+            conn = self.connect()
+            conn.autocommit = True
+            while True:
+                outcomes = self.results.get()
+                if outcomes is None:
+                    break
+                _record(conn, outcomes)
+        except BaseException as exc:
+            self.errors.append(exc)
+            while self.results.get() is not None:  # drain so that stop() never blocks
+                pass
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def next_page(self) -> list[dict[str, Any]] | None:
+        rows = self.pages.get()
+        if self.errors:
+            raise self.errors[0]
+        return rows
+
+    def record(self, outcomes: list[Result]) -> None:
+        if self.errors:
+            raise self.errors[0]
+        self.results.put(outcomes)
+
+    def stop(self) -> None:
+        """Stop claiming, hand back pages claimed ahead but not sent, and wait for the records."""
+        if not self.threads[0].ident:  # never started
+            return
+        self.stopping.set()
+        unsent: list[int] = []
+        while self.threads[0].is_alive() or not self.pages.empty():
+            try:
+                rows = self.pages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if rows:
+                unsent += [r["_campaign_log_id"] for r in rows]
+        self.threads[0].join()
+        self.results.put(None)
+        self.threads[1].join()
+        if unsent:
+            with self.connect() as conn, conn.transaction():
+                conn.execute(
+                    "UPDATE campaign.delivery_logs SET status = 'pending', claimed_by = NULL, updated_at = now()"
+                    " WHERE id = ANY(%s) AND status = 'sending'",
+                    (unsent,),
+                )
+        if self.errors:
+            raise self.errors[0]
 
 
 def _send_page(

@@ -207,6 +207,7 @@ class DeliveryOperator(CampaignBaseOperator):
                     on_uncertain=self.on_uncertain,
                 ),
                 claimer=claimer,
+                connect=hook.connect,
                 logger=self.log,
             )
             return self._finish(context, conn, result, pop, targets, occurrence_id)
