@@ -173,6 +173,9 @@ def main() -> int:
     from benchmarks.extract_file import bench_extract
 
     bench_extract(url, results, scale)
+    from benchmarks.mime import bench_mime
+
+    bench_mime(results, 5000)
     from benchmarks.deliveries import bench_engine
 
     bench_engine(url, results, scale)

@@ -435,6 +435,11 @@ class EmailDeliveryOperator(DeliveryOperator):
             headers=dict(headers or {}),
         )
         self.compiled = compile_email(self.content, marketing=marketing)  # syntax and checks now
+        if "mirror_url" in self.compiled.variables and not mirror_url:
+            raise CampaignError(
+                "mirror_url: the templates link to {{ mirror_url }}, but no mirror page is set; give "
+                "mirror_url='https://...' or remove the link."
+            )
         MimeSkeleton.for_email(self.content, "check")  # addresses and headers now
         for address in proof_to or []:
             check_address("proof_to", address)

@@ -162,6 +162,7 @@ def test_a_template_variable_missing_from_the_population_fails_before_anything(s
         ({"unsubscribe_url": None}, r"unsubscribe_url: a marketing email needs"),
         ({"subject": "{{ oops"}, r"subject"),
         ({"mode": "later"}, r"mode='later' is not valid"),
+        ({"html": HTML + '<a href="{{ mirror_url }}">web</a>'}, r"mirror_url: the templates link to"),
         ({"channel": "fax"}, r"channel='fax' is not valid"),
         (
             {"channel_options": {"smtp_conn_id": "x"}},
