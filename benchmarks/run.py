@@ -173,6 +173,9 @@ def main() -> int:
     from benchmarks.extract_file import bench_extract
 
     bench_extract(url, results, scale)
+    from benchmarks.channels import bench_smtp
+
+    bench_smtp(results, 20_000, 4)
     from benchmarks.mime import bench_mime
 
     bench_mime(results, 5000)

@@ -1,0 +1,96 @@
+"""OutboxChannel: each message as one ``.eml`` file in a local folder, or counted and dropped (null mode).
+
+The file of log row ``N`` is ``<folder>/N.eml``: sending the same row again replaces it, never
+adds a second file. Each file is written under a temporary name in the same folder and renamed
+into place, so a reader never sees half a message. Null mode (``folder=None`` or ``null=True``)
+accepts every message and writes nothing, for measuring the engine without a transport.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from airflow_campaign.channels.base import Envelope, Result, Throttle
+from airflow_campaign.errors import CampaignError
+
+
+def file_name(log_id: int) -> str:
+    return f"{log_id}.eml"
+
+
+class OutboxChannel:
+    """Messages as files: ``<folder>/<log id>.eml``.
+
+    :param folder: where the files go (created if missing); ``None`` for null mode.
+    :param null: accept and discard every message, writing nothing (``folder`` is then ignored).
+
+    ``messages`` and ``bytes`` count what was accepted, in both modes.
+    """
+
+    name = "outbox"
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None, null: bool = False) -> None:
+        self.null = null or folder is None
+        self.folder = None if self.null or folder is None else Path(folder)
+        self.messages = 0
+        self.bytes = 0
+
+    def open(self) -> None:
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CampaignError(
+                f"folder={str(self.folder)!r}: cannot create the outbox folder ({exc.strerror}). Choose a "
+                "folder the worker may write to."
+            ) from exc
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise CampaignError(
+                f"folder={str(self.folder)!r}: the worker may not write in it. Fix its permissions or choose "
+                "another folder."
+            )
+
+    def send_batch(self, envelopes: Sequence[Envelope], throttle: Throttle | None = None) -> list[Result]:
+        results = []
+        for envelope in envelopes:
+            if throttle is not None:
+                throttle()
+            results.append(
+                self._accept(envelope) if self.folder is None else self._write(self.folder, envelope)
+            )
+        return results
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> OutboxChannel:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self, envelope: Envelope) -> Result:
+        self.messages += 1
+        self.bytes += len(envelope.message)
+        return Result(envelope.log_id, "sent")
+
+    def _write(self, folder: Path, envelope: Envelope) -> Result:
+        name = file_name(envelope.log_id)
+        temporary = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            with open(temporary, "wb") as file:
+                file.write(envelope.message)
+            os.replace(temporary, folder / name)
+        except OSError as exc:  # a full disk, a folder removed underneath us: worth trying again later
+            temporary.unlink(missing_ok=True)
+            return Result(
+                envelope.log_id, "transient", error=f"cannot write {folder / name}: {exc.strerror or exc}"
+            )
+        self.messages += 1
+        self.bytes += len(envelope.message)
+        return Result(envelope.log_id, "sent", provider_id=name)
