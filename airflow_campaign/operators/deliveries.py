@@ -474,7 +474,12 @@ class EmailDeliveryOperator(DeliveryOperator):
     def make_channel(self) -> Any:
         from airflow_campaign.channels.email import email_channel
 
+        from airflow_campaign.channels.email import email_channel_options
+
         options = dict(self.channel_options)
+        if "on_uncertain" in email_channel_options(self.channel):
+            # a message the server may have got without saying so: the delivery's own choice
+            options.setdefault("on_uncertain", self.on_uncertain)
         if self.channel == "outbox" and "folder" not in options and not options.get("null"):
             import os
 

@@ -234,3 +234,32 @@ def test_a_try_killed_mid_send_then_retried(scratch, population, smtp, context, 
         assert sent == set(got)  # at least once: everybody got it, a few maybe twice
         assert sum(got.values()) - len(got) <= left
     assert len(inbox.messages) > before
+
+
+def test_max_error_rate_stops_the_task_and_leaves_the_rest_pending(scratch, population, smtp, context):
+    from airflow_campaign.errors import CampaignError
+
+    inbox = Inbox(reject=("@",))  # refuses everybody
+    conn_id = smtp(inbox)
+    ctx = day_context(context, 11, "scheduled")
+    op = delivery(scratch, population, conn_id, page_size=10, max_error_rate=0.5)
+    with pytest.raises(CampaignError, match=r"max_error_rate=0.5: \d+ of \d+ recipients failed"):
+        op.execute(ctx)
+    counts = dict(
+        scratch.db.execute("SELECT status, count(*) FROM campaign.delivery_logs GROUP BY 1").fetchall()
+    )
+    assert counts.get("failed", 0) >= 10 and counts.get("pending", 0) > 0
+    assert counts.get("sending", 0) == 0  # pages claimed ahead were handed back
+    assert inbox.messages == []
+
+
+def test_rate_limit_spaces_messages_across_connections(scratch, population, smtp, context):
+    inbox = Inbox()
+    conn_id = smtp(inbox)
+    ctx = day_context(context, 12, "scheduled")
+    started = time.monotonic()
+    delivery(scratch, population, conn_id, rate_limit=100).execute(ctx)
+    elapsed = time.monotonic() - started
+    sent = ctx["ti"].xcoms["report"]["by_status"]["sent"]
+    assert len(inbox.messages) == sent > 20
+    assert elapsed >= (sent - 1) / 100  # never faster than 100 messages/s in total
