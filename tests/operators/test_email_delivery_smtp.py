@@ -242,7 +242,10 @@ def test_max_error_rate_stops_the_task_and_leaves_the_rest_pending(scratch, popu
     inbox = Inbox(reject=("@",))  # refuses everybody
     conn_id = smtp(inbox)
     ctx = day_context(context, 11, "scheduled")
-    op = delivery(scratch, population, conn_id, page_size=10, max_error_rate=0.5)
+    many = QueryOperator(  # the rate is judged after 100 recipients
+        task_id="many", campaign_conn_id=scratch.conn_id, where="id <= 400", columns=["first_name"]
+    ).execute(context("many"))
+    op = delivery(scratch, many, conn_id, page_size=10, max_error_rate=0.5)
     with pytest.raises(CampaignError, match=r"max_error_rate=0.5: \d+ of \d+ recipients failed"):
         op.execute(ctx)
     counts = dict(
