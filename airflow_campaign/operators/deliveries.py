@@ -472,9 +472,7 @@ class EmailDeliveryOperator(DeliveryOperator):
         return super().execute(context)
 
     def make_channel(self) -> Any:
-        from airflow_campaign.channels.email import email_channel
-
-        from airflow_campaign.channels.email import email_channel_options
+        from airflow_campaign.channels.email import email_channel, email_channel_options
 
         options = dict(self.channel_options)
         if "on_uncertain" in email_channel_options(self.channel):
