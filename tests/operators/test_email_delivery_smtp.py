@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from airflow_campaign.delivery.unsubscribe import parse_and_verify
 from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 from airflow_campaign.operators.targeting import QueryOperator
 from tests.channels.servers import Inbox, smtp_server
@@ -138,6 +140,20 @@ def test_the_same_run_twice_over_smtp(scratch, population, smtp, context):
         delivery(scratch, population, conn_id).execute(day_context(context, 9, "scheduled"))
     got = received(inbox)
     assert got and set(got.values()) == {1}
+    # what arrived: the envelope, the headers, the personalised body, a link that verifies
+    for m in inbox.messages:
+        assert m.mail_from == "news@example.com"
+        msg = email.message_from_bytes(m.content, policy=email.policy.default)
+        assert msg["To"] == m.rcpt_tos[0]
+        first_name = scratch.db.execute(
+            "SELECT first_name FROM campaign.profiles WHERE email = %s ORDER BY id LIMIT 1", (m.rcpt_tos[0],)
+        ).fetchone()[0]
+        assert msg["Subject"] == f"Hello {first_name}"
+        assert f"Hi {first_name}" in msg.get_body(("html",)).get_content()
+        assert msg["Message-ID"] and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        link = re.search(r"<(https://[^>]+)>", msg["List-Unsubscribe"]).group(1)
+        verified = parse_and_verify(link, KEY.encode())
+        assert verified is not None and verified["delivery"] == "test_dag.daily"
 
 
 @pytest.mark.parametrize(
@@ -177,7 +193,8 @@ KILLED_TRY = textwrap.dedent(
     """
     import json, sys
     from types import SimpleNamespace
-    from airflow_campaign.operators.deliveries import EmailDeliveryOperator
+    from airflow_campaign.delivery.unsubscribe import parse_and_verify
+from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 
     pop, conn_id, content = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     op = EmailDeliveryOperator(
