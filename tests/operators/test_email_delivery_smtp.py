@@ -193,8 +193,7 @@ KILLED_TRY = textwrap.dedent(
     """
     import json, sys
     from types import SimpleNamespace
-    from airflow_campaign.delivery.unsubscribe import parse_and_verify
-from airflow_campaign.operators.deliveries import EmailDeliveryOperator
+    from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 
     pop, conn_id, content = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     op = EmailDeliveryOperator(
