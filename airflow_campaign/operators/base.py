@@ -127,7 +127,17 @@ class CampaignBaseOperator(BaseOperator):
             out.append((pop, pop.bind(conn, label)))
         return out
 
+    def require_schema(self, conn: psycopg.Connection) -> None:
+        """Raise, naming this task and its connection, when the database lacks migrations."""
+        require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
+
+    def autocommit_connection(self) -> psycopg.Connection:
+        """A new connection on which each ``with conn.transaction()`` block commits on its own."""
+        conn = self.get_hook().connect()
+        conn.autocommit = True
+        return conn
+
     def run_in_transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
         with self.get_hook().transaction() as conn:
-            require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
+            self.require_schema(conn)
             return work(conn)

@@ -20,7 +20,6 @@ from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import CampaignBaseOperator, check_choice, literal_choices, run_identity
 from airflow_campaign.population import Population
 from airflow_campaign.resources import Resource
-from airflow_campaign.schema.migrate import require_current
 
 Mode = Literal["prepare_and_send", "prepare", "send"]
 Outbound = Literal["sent", "all", "none"]
@@ -115,6 +114,7 @@ class DeliveryOperator(CampaignBaseOperator):
         self.max_retries = max_retries
         self.max_error_rate = max_error_rate
         self.outbound = outbound
+        self._name = self._run_key = ""
         self.send_retry_delay = 2.0  # seconds before the first retry of a transient failure
 
     # ---- what a channel supplies ----------------------------------------------------------------
@@ -153,6 +153,7 @@ class DeliveryOperator(CampaignBaseOperator):
     def execute(self, context: Any) -> Any:
         check_choice("on_backfill", self.on_backfill, literal_choices(OnBackfill))
         info = run_info(context, self.aggregation_period, self.stale_after)
+        self._name, self._run_key = self.delivery_name(context), info.run_key  # for the composer and channel
         if info.backfill and self.on_backfill == "skip":
             raise AirflowSkipException(f"{self.task_id}: a backfill run and on_backfill='skip'.")
         spec = engine.DeliverySpec(
@@ -163,12 +164,10 @@ class DeliveryOperator(CampaignBaseOperator):
             service=self.service,
             settings=self.settings(),
         )
-        hook = self.get_hook()
-        conn = hook.connect()
-        conn.autocommit = True  # each `with conn.transaction()` below commits on its own
+        conn = self.autocommit_connection()
         try:
             with conn.transaction():
-                require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
+                self.require_schema(conn)
                 delivery_id, service_id = engine.ensure_delivery(conn, spec)
                 occurrence_id = engine.ensure_occurrence(conn, delivery_id, info)
                 if self.mode == "send":
@@ -207,7 +206,7 @@ class DeliveryOperator(CampaignBaseOperator):
                     on_uncertain=self.on_uncertain,
                 ),
                 claimer=claimer,
-                connect=hook.connect,
+                connect=self.get_hook().connect,
                 logger=self.log,
             )
             return self._finish(context, conn, result, pop, targets, occurrence_id)
@@ -297,19 +296,20 @@ class DeliveryOperator(CampaignBaseOperator):
             "SELECT targets_table FROM campaign.delivery_occurrences WHERE id = %s", (occurrence_id,)
         ).fetchone()
         targets = row[0] if row else None
-        if not targets or not CampaignHook.columns_of(conn, targets):
+        columns = [c for c, _ in CampaignHook.columns_of(conn, targets)] if targets else []
+        if not targets or not columns:
             raise CampaignError(
                 f"mode='send': delivery {name!r} has nothing prepared for run key {info.run_key!r}; run its "
                 "prepare task (mode='prepare', the same delivery=) for this run first."
             )
-        self.check_content([c for c, _ in CampaignHook.columns_of(conn, targets)])
+        self.check_content(columns)
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qualified(targets))).fetchone()
         pop = Population(
             kind="table",
             table=targets,
             key=engine.RECIPIENT,
             resource=None,
-            columns=[c for c, _ in CampaignHook.columns_of(conn, targets)],
+            columns=columns,
             count=int(count[0]) if count else 0,
         )
         return targets, pop
@@ -457,19 +457,12 @@ class EmailDeliveryOperator(DeliveryOperator):
         self.unsubscribe_key = unsubscribe_key
         self.mirror_url = mirror_url
         self.proof_to = list(proof_to or [])
-        self._run_key = ""
-        self._name = ""
 
     def settings(self) -> dict[str, Any]:
         return {"subject": self.subject, "from": self.from_addr, "channel": self.channel}
 
     def check_content(self, columns: Sequence[str]) -> None:
         self.compiled.check(columns)
-
-    def execute(self, context: Any) -> Any:
-        self._name = self.delivery_name(context)
-        self._run_key = run_info(context, self.aggregation_period, self.stale_after).run_key
-        return super().execute(context)
 
     def make_channel(self) -> Any:
         from airflow_campaign.channels.email import email_channel, email_channel_options

@@ -23,7 +23,6 @@ from airflow_campaign.operators.base import (
 )
 from airflow_campaign.population import Population
 from airflow_campaign.resources import Resource
-from airflow_campaign.schema.migrate import require_current
 
 Operation = Literal["upsert", "insert", "update", "delete"]
 Rejects = Literal["fail", "skip", "output"]
@@ -183,12 +182,10 @@ class UpdateDataOperator(CampaignBaseOperator):
     def _write_in_batches(self, context: Any) -> dict[str, Any]:
         assert self.batch_size is not None
         ident = run_identity(context)
-        hook = self.get_hook()
-        conn = hook.connect()
-        conn.autocommit = True  # each `with conn.transaction()` below commits on its own
+        conn = self.autocommit_connection()
         try:
             with conn.transaction():
-                require_current(conn, f"{self.task_id} (connection {self.campaign_conn_id!r})")
+                self.require_schema(conn)
                 ((pop, rel),) = self.inputs(conn, [self.population], "population")
                 self.check_empty(pop, "population")
                 plan = self._plan(conn, pop)
