@@ -40,6 +40,11 @@ def context(task_id: str, run: int) -> dict[str, Any]:
     return {"ti": ti, "run_id": ti.run_id}
 
 
+def load() -> str:
+    """The 1-minute load average, to show next to a figure (a busy machine shows)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
 def best_of(fn: Callable[[int], Any], repeat: int = REPEAT) -> float:
     """Median wall time of ``repeat`` runs (after one warm-up run)."""
     fn(-1)
@@ -182,6 +187,10 @@ def main() -> int:
     from benchmarks.deliveries import bench_engine
 
     bench_engine(url, results, scale)
+    from benchmarks.shards import bench_prepare, bench_shards
+
+    bench_prepare(url, results, scale)
+    bench_shards(url, results, scale)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
     return 0

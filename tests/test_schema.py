@@ -21,6 +21,7 @@ TABLES = {
     "deliveries",
     "delivery_occurrences",
     "delivery_logs",
+    "delivery_claims",
     "quarantine",
     "app_subscriptions",
     "staging_tables",

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from airflow_campaign.channels.base import Envelope, Result, Throttle
+from airflow_campaign.channels.base import OPEN, Envelope, Gate, Result, held
 from airflow_campaign.errors import CampaignError
 
 
@@ -31,12 +31,17 @@ class OutboxChannel:
     """
 
     name = "outbox"
+    concurrency = 1
+    resend_safe = True  # a message sent again replaces its file
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, null: bool = False) -> None:
         self.null = null or folder is None
         self.folder = None if self.null or folder is None else Path(folder)
         self.messages = 0
         self.bytes = 0
+
+    def check(self) -> None:
+        self.open()
 
     def open(self) -> None:
         if self.folder is None:
@@ -54,14 +59,17 @@ class OutboxChannel:
                 "another folder."
             )
 
-    def send_batch(self, envelopes: Sequence[Envelope], throttle: Throttle | None = None) -> list[Result]:
+    def send_batch(self, envelopes: Sequence[Envelope], gate: Gate = OPEN) -> list[Result]:
         results = []
         for envelope in envelopes:
-            if throttle is not None:
-                throttle()
-            results.append(
-                self._accept(envelope) if self.folder is None else self._write(self.folder, envelope)
-            )
+            if not gate.before(envelope):
+                result = held(envelope)
+            elif self.folder is None:
+                result = self._accept(envelope)
+            else:
+                result = self._write(self.folder, envelope)
+            gate.after(result)
+            results.append(result)
         return results
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Literal
 
-from airflow_campaign.channels.base import Envelope, Result
+from airflow_campaign.channels.base import Envelope, Gate, Result, held
 from airflow_campaign.errors import CampaignError
 
 OnUncertain = Literal["skip", "resend"]
@@ -63,6 +63,16 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def drain(queue: WorkQueue, gate: Gate, send: Callable[[Envelope], Result]) -> list[Result]:
+    """One worker's loop: take the next envelope, pass the gate, send it, report the result at once."""
+    results: list[Result] = []
+    while (envelope := queue.take()) is not None:
+        result = send(envelope) if gate.before(envelope) else held(envelope)
+        gate.after(result)
+        results.append(result)
+    return results
 
 
 def check_count(option: str, value: object, maximum: int) -> int:

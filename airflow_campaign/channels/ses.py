@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from airflow_campaign.channels.base import Envelope, Outcome, Result, Throttle
+from airflow_campaign.channels.base import OPEN, Envelope, Gate, Outcome, Result
 from airflow_campaign.channels.pool import (
     OnUncertain,
     WorkerPool,
-    WorkQueue,
     check_count,
     check_on_uncertain,
+    drain,
     uncertain,
 )
 from airflow_campaign.errors import CampaignError
@@ -121,6 +121,7 @@ class SesChannel:
     """
 
     name = "ses"
+    resend_safe = False
 
     def __init__(
         self,
@@ -138,10 +139,18 @@ class SesChannel:
         self.client: Any = None
         self._pool: WorkerPool | None = None
 
+    @property
+    def concurrency(self) -> int:
+        return self.threads
+
+    def check(self) -> None:
+        if self.client is None:
+            self.client = self._make_client()
+
     def open(self) -> None:
         if self._pool is not None:
             return
-        self.client = self._make_client()
+        self.check()
         self._pool = WorkerPool(self.threads, "ses")
 
     def _make_client(self) -> Any:
@@ -174,10 +183,10 @@ class SesChannel:
             ours["retries"] = {"total_max_attempts": 1}
         return hook.get_client_type(region_name=region, config=base.merge(Config(**ours)))
 
-    def send_batch(self, envelopes: Sequence[Envelope], throttle: Throttle | None = None) -> list[Result]:
+    def send_batch(self, envelopes: Sequence[Envelope], gate: Gate = OPEN) -> list[Result]:
         if self._pool is None:
             raise RuntimeError("SesChannel.send_batch() before open()")
-        results, left = self._pool.run(envelopes, lambda _i, queue: self._drain(queue, throttle))
+        results, left = self._pool.run(envelopes, lambda _i, queue: drain(queue, gate, self._send))
         return results + [Result(e.log_id, "transient", error="not sent") for e in left]
 
     def close(self) -> None:
@@ -194,14 +203,6 @@ class SesChannel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _drain(self, queue: WorkQueue, throttle: Throttle | None) -> list[Result]:
-        results = []
-        while (envelope := queue.take()) is not None:
-            if throttle is not None:
-                throttle()
-            results.append(self._send(envelope))
-        return results
 
     def _send(self, envelope: Envelope) -> Result:
         request: dict[str, Any] = {

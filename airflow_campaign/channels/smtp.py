@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_campaign.channels.base import Envelope, Outcome, Result, Throttle
+from airflow_campaign.channels.base import OPEN, Envelope, Gate, Outcome, Result, held
 from airflow_campaign.channels.pool import (
     OnUncertain,
     WorkerPool,
@@ -299,6 +299,7 @@ class SmtpChannel:
     """
 
     name = "smtp"
+    resend_safe = False
 
     def __init__(
         self,
@@ -325,11 +326,20 @@ class SmtpChannel:
 
     # ---- the protocol ------------------------------------------------------------------------
 
+    @property
+    def concurrency(self) -> int:
+        return self.connections
+
+    def check(self) -> None:
+        if self.settings is None:
+            self.settings = read_settings(self.smtp_conn_id, self.timeout)
+
     def open(self) -> None:
         if self._pool is not None:
             return
-        settings = read_settings(self.smtp_conn_id, self.timeout)
-        self.settings = settings
+        self.check()
+        settings = self.settings
+        assert settings is not None
         self._local_hostname = settings.local_hostname or socket.getfqdn()
         self._clients = [None] * self.connections
         self._last_used = [0.0] * self.connections
@@ -341,7 +351,7 @@ class SmtpChannel:
             self.close()
             raise open_error(settings, exc) from exc
 
-    def send_batch(self, envelopes: Sequence[Envelope], throttle: Throttle | None = None) -> list[Result]:
+    def send_batch(self, envelopes: Sequence[Envelope], gate: Gate = OPEN) -> list[Result]:
         if self._pool is None or self.settings is None:
             raise RuntimeError("SmtpChannel.send_batch() before open()")
         if not self.settings.from_email and any(not e.sender for e in envelopes):
@@ -349,7 +359,7 @@ class SmtpChannel:
                 f"smtp_conn_id={self.smtp_conn_id!r}: a message has no sender; give the delivery a from "
                 "address, or set the connection's extra from_email."
             )
-        results, left = self._pool.run(envelopes, lambda i, queue: self._drain(i, queue, throttle))
+        results, left = self._pool.run(envelopes, lambda i, queue: self._drain(i, queue, gate))
         results += [
             Result(
                 e.log_id,
@@ -416,7 +426,7 @@ class SmtpChannel:
             assert client is not None
         return client
 
-    def _drain(self, index: int, queue: WorkQueue, throttle: Throttle | None) -> list[Result]:
+    def _drain(self, index: int, queue: WorkQueue, gate: Gate) -> list[Result]:
         results: list[Result] = []
         while (envelope := queue.take()) is not None:
             try:
@@ -424,15 +434,18 @@ class SmtpChannel:
             except Exception as exc:  # cannot reconnect: this connection stops, the others go on
                 self._drop(index)
                 self._last_error = f"{type(exc).__name__}: {exc}"
-                results.append(
-                    Result(envelope.log_id, "transient", error=f"reconnect failed: {self._last_error}")
-                )
+                result = Result(envelope.log_id, "transient", error=f"reconnect failed: {self._last_error}")
+                gate.after(result)
+                results.append(result)
                 break
-            if throttle is not None:
-                throttle()
-            results.append(self._transact(index, client, envelope))
-            self._last_used[index] = time.monotonic()
-            self._sent_on[index] += 1
+            if gate.before(envelope):
+                result = self._transact(index, client, envelope)
+                self._last_used[index] = time.monotonic()
+                self._sent_on[index] += 1
+            else:
+                result = held(envelope)
+            gate.after(result)
+            results.append(result)
         return results
 
     def _transact(self, index: int, client: smtplib.SMTP, envelope: Envelope) -> Result:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_campaign.channels.base import Envelope
-from airflow_campaign.delivery.mime import MimeSkeleton, message_id
-from airflow_campaign.delivery.render import CompiledEmail
+from airflow_campaign.delivery.mime import MimeSkeleton, check_recipient, message_id
+from airflow_campaign.delivery.render import CompiledEmail, RenderError
 from airflow_campaign.delivery.unsubscribe import LinkSigner
 from airflow_campaign.errors import CampaignError
 
@@ -42,13 +42,27 @@ class EmailComposer:
         self.id_prefix = hashlib.sha1(f"{delivery}\0{run_key}".encode()).hexdigest()[:12]
 
     def compose(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Envelope], list[tuple[int, str]]]:
+        """Envelopes for ``rows``, and the recipients refused for their own fault (an address
+        that cannot go in To:), with the reason. A template that does not render, or a row
+        without its recipient, is the delivery's fault: a RenderError (a CampaignError)."""
         envelopes: list[Envelope] = []
-        broken: list[tuple[int, str]] = []
+        refused: list[tuple[int, str]] = []
         signer, build, render = self.signer, self.skeleton.build, self.compiled.render
         for row in rows:
             log_id = int(row[LOG_ID])
             to = row[SEND_TO]
-            recipient = str(row.get(RECIPIENT) or log_id)
+            recipient = row.get(RECIPIENT)
+            if recipient is None:
+                raise RenderError(
+                    f"ledger row {log_id}: no recipient row to personalise the message with; nothing is sent "
+                    "without its own data."
+                )
+            recipient = str(recipient)
+            try:
+                check_recipient(to)
+            except CampaignError as exc:
+                refused.append((log_id, f"invalid address: {exc}"))
+                continue
             unsubscribe = signer.unsubscribe_url(recipient) if signer else None
             context = {
                 **row,
@@ -68,7 +82,10 @@ class EmailComposer:
                     list_unsubscribe=unsubscribe,
                 )
             except CampaignError as exc:
-                broken.append((log_id, str(exc)))
-                continue
+                raise RenderError(
+                    f"{exc} (recipient {recipient[:100]!r}, ledger row {log_id}). Nothing more is sent: fix "
+                    "the template (e.g. a default for a missing value) and clear the task; the recipients "
+                    "not sent yet are still pending."
+                ) from exc
             envelopes.append(Envelope(log_id, to, message, self.skeleton.sender))
-        return envelopes, broken
+        return envelopes, refused

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from airflow_campaign.delivery.typology import EMAIL_SYNTAX
 from airflow_campaign.errors import CampaignError
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ ONE_CLICK = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 _HEADER_NAME = re.compile(r"[!-9;-~]+\Z")
 _ADDRESS = re.compile(r"""[^\s@<>()\[\],;:\\"]+@[^\s@<>()\[\],;:\\"]+\Z""")
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*\Z")  # a display name that needs no quoting
+_RECIPIENT = re.compile(EMAIL_SYNTAX)  # what the typology's InvalidAddress rule accepts
+# C0 and C1 control characters and DEL: never written into a header, whatever the data says
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], " ")
 _WORD_BYTES = 42  # utf-8 bytes per encoded word: 56 base64 characters, 68 with the =?utf-8?b?...?= frame
 
 
@@ -69,9 +73,10 @@ def check_headers(headers: Mapping[str, str]) -> None:
 
 def encode_header(name: str, value: str) -> str:
     """``value`` ready to follow ``name: ``: as it is when short ASCII, folded at spaces when long,
-    as RFC 2047 encoded words (utf-8, base64) when it has non-ASCII characters. Line breaks in
-    ``value`` become spaces, runs of whitespace one space."""
-    value = " ".join(value.split())
+    as RFC 2047 encoded words (utf-8, base64) when it has non-ASCII characters. Line breaks and
+    other control characters (ESC, BEL, DEL...) in ``value`` become spaces, runs of whitespace
+    one space."""
+    value = " ".join(without_controls(value).split())
     if value.isascii() and "=?" not in value:
         if len(name) + len(value) <= 76:
             return value
@@ -79,6 +84,20 @@ def encode_header(name: str, value: str) -> str:
         if folded is not None:
             return folded
     return _encoded_words(value)
+
+
+def without_controls(value: str) -> str:
+    """``value`` with every control character (C0, DEL, C1) replaced by a space."""
+    return value if value.isprintable() else value.translate(_CONTROLS)
+
+
+def check_recipient(to: str) -> None:
+    """Raise a CampaignError unless ``to`` is one address the typology would accept."""
+    if not isinstance(to, str) or _RECIPIENT.fullmatch(to) is None or "\x00" in to:
+        raise CampaignError(
+            f"to={to[:200] if isinstance(to, str) else to!r}: not one valid email address; the message is "
+            "not built (an address list, a display name or a control character cannot go in To:)."
+        )
 
 
 def _fold(value: str, used: int) -> str | None:
@@ -116,6 +135,7 @@ def format_address(name: str | None, addr: str) -> str:
     """``Name <addr>``: the name as it is, quoted, or RFC 2047 encoded, as it needs."""
     if not name:
         return addr
+    name = " ".join(without_controls(name).split())
     if name.isascii():
         if _ATOMS.match(name) and "=?" not in name:
             shown = name
@@ -239,8 +259,9 @@ class MimeSkeleton:
         :param one_click: with an https ``list_unsubscribe``, add ``List-Unsubscribe-Post:
             List-Unsubscribe=One-Click`` (RFC 8058: the link unsubscribes on a POST, no page).
         """
-        if "\n" in to or "\r" in to or "\n" in message_id or "\r" in message_id:
-            raise CampaignError(f"to={to!r}, message_id={message_id!r}: a line break in an address header.")
+        check_recipient(to)
+        if "\n" in message_id or "\r" in message_id:
+            raise CampaignError(f"message_id={message_id!r}: a line break in a header.")
         if not message_id.startswith("<"):
             message_id = f"<{message_id}>"
         out = [

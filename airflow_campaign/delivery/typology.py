@@ -20,7 +20,7 @@ from airflow_campaign.errors import CampaignError
 # The WHATWG HTML "valid e-mail address" grammar (what browsers accept in <input type=email>),
 # widened to internationalised addresses (RFC 6531): any non-ASCII character in the local part
 # and in domain labels, which the message builder sends as UTF-8 and IDNA.
-_U = r"[^\x01-\x7f]"
+_U = r"[^\x01-\x9f]"  # beyond ASCII, and not a C1 control character
 EMAIL_SYNTAX = (
     rf"^(?:[a-zA-Z0-9.!#$%&'*+/=?^_`{{|}}~-]|{_U})+@(?:[a-zA-Z0-9]|{_U})(?:(?:[a-zA-Z0-9-]|{_U}){{0,61}}(?:[a-zA-Z0-9]|{_U}))?"
     rf"(?:\.(?:[a-zA-Z0-9]|{_U})(?:(?:[a-zA-Z0-9-]|{_U}){{0,61}}(?:[a-zA-Z0-9]|{_U}))?)+$"
@@ -31,7 +31,8 @@ EMAIL_SYNTAX = (
 class RuleContext:
     """What a rule's SQL may refer to.
 
-    The work table (alias ``w``) has one row per targeted recipient: ``recipient_key`` (text),
+    The work table (alias ``w``) has one row per targeted recipient and destination:
+    ``recipient_key`` (text), ``destination`` (``''`` for email: one per recipient),
     ``address``, ``reason`` (NULL while not excluded) and ``r_*``-free access to the resource
     row through ``resource`` joined on ``key``. ``delivery_id``, ``occurrence_id``, ``channel``,
     ``service_id`` (or None), ``period_key`` and ``seed`` describe the delivery being prepared.
@@ -136,9 +137,10 @@ class DuplicateAddress(Rule):
 
     def statement(self, ctx: RuleContext) -> sql.Composed:
         return sql.SQL(
-            "UPDATE {work} w SET reason = {reason} FROM (SELECT recipient_key, row_number() OVER"
-            " (PARTITION BY lower(address) ORDER BY length(recipient_key), recipient_key) AS n"
+            "UPDATE {work} w SET reason = {reason} FROM (SELECT recipient_key, destination, row_number() OVER"
+            " (PARTITION BY lower(address) ORDER BY length(recipient_key), recipient_key, destination) AS n"
             " FROM {work} WHERE reason IS NULL) d WHERE d.n > 1 AND d.recipient_key = w.recipient_key"
+            " AND d.destination = w.destination"
         ).format(work=ctx.work, reason=sql.Literal(self.reason))
 
 

@@ -11,7 +11,7 @@ import psycopg.rows
 from airflow.sdk.exceptions import AirflowSkipException
 from psycopg import sql
 
-from airflow_campaign.delivery import engine
+from airflow_campaign.delivery import engine, sender
 from airflow_campaign.delivery.recurrence import AggregationPeriod, OnBackfill, RunInfo, run_info
 from airflow_campaign.delivery.typology import Rule, Typology, email_typology
 from airflow_campaign.durations import parse_duration
@@ -32,7 +32,8 @@ class DeliveryOperator(CampaignBaseOperator):
     :param population: the recipients (a Population, its dict, an XComArg, a list of dicts or a
         DataFrame) of a resource with an address column.
     :param delivery: the delivery's name, unique in the campaign database (default
-        ``<dag_id>.<task_id>``); its ledger is keyed by it.
+        ``<dag_id>.<task_id>``, and ``<dag_id>.<task_id>[<map index>]`` for a mapped task that is
+        not a shard); its ledger is keyed by it.
     :param service: a subscription service: only its subscribers receive the message.
     :param typology: the exclusion rules, in order (default: the channel's standard typology).
     :param address_column: the column holding the address (a population column, else the
@@ -40,6 +41,9 @@ class DeliveryOperator(CampaignBaseOperator):
     :param mode: ``"prepare_and_send"`` (default), ``"prepare"`` (fill the ledger and stop, e.g.
         before an approval) or ``"send"`` (send what a ``prepare`` task of the same delivery
         prepared for this run).
+    :param shard: this send task is shard number ``shard`` of several that send one prepared
+        delivery together (``mode="send"``, mapped with ``.expand(shard=range(N))``); each claims
+        the next pending pages, so no recipient is sent twice and none is left out.
     :param aggregation_period: group occurrences for reporting: ``"none"`` (each run),
         ``"day"``, ``"week"``, ``"month"`` or ``"year"``.
     :param once_per_period: also leave out recipients sent to in another run of the same period.
@@ -49,7 +53,10 @@ class DeliveryOperator(CampaignBaseOperator):
         ``"2d"``) is treated as a backfill.
     :param on_uncertain: rows a killed try left ``sending``: ``"skip"`` (default: recorded as
         ``unknown``, never re-sent) or ``"resend"``.
-    :param rate_limit: at most this many messages per second, across all connections.
+    :param rate_limit: at most this many messages per second, across all connections and all
+        the tasks (shards, concurrent runs) sending this delivery.
+    :param max_in_doubt: at most this many recipients are in the channel's hands at once: what
+        a killed task can leave ``unknown``. Default twice the channel's connections or threads.
     :param page_size: recipients claimed, rendered and sent per page.
     :param max_retries: retries of a transient failure (with exponential backoff) before the
         recipient is marked failed.
@@ -75,8 +82,10 @@ class DeliveryOperator(CampaignBaseOperator):
         once_per_period: bool = False,
         on_backfill: OnBackfill = "simulate",
         stale_after: str | dt.timedelta | None = None,
-        on_uncertain: engine.OnUncertain = "skip",
+        on_uncertain: sender.OnUncertain = "skip",
         rate_limit: float | None = None,
+        shard: int | None = None,
+        max_in_doubt: int | None = None,
         page_size: int = 1000,
         max_retries: int = 3,
         max_error_rate: float | None = 0.2,
@@ -88,12 +97,24 @@ class DeliveryOperator(CampaignBaseOperator):
         check_choice("aggregation_period", aggregation_period, literal_choices(AggregationPeriod))
         if "{{" not in str(on_backfill):  # a template is checked once rendered, when the task runs
             check_choice("on_backfill", on_backfill, literal_choices(OnBackfill))
-        check_choice("on_uncertain", on_uncertain, literal_choices(engine.OnUncertain))
+        check_choice("on_uncertain", on_uncertain, literal_choices(sender.OnUncertain))
         check_choice("outbound", outbound, literal_choices(Outbound))
         if rate_limit is not None and rate_limit <= 0:
             raise CampaignError(f"rate_limit={rate_limit!r}: give messages per second (> 0), or None.")
         if page_size < 1:
             raise CampaignError(f"page_size={page_size!r}: give a whole number >= 1.")
+        if shard is not None:
+            if isinstance(shard, bool) or not isinstance(shard, int) or shard < 0:
+                raise CampaignError(f"shard={shard!r}: give the shard's number, a whole number >= 0.")
+            if mode != "send":
+                raise CampaignError(
+                    f"shard={shard}: only a send task (mode='send') can be a shard; prepare the delivery once "
+                    "in a task of its own (mode='prepare', the same delivery=) and map the send over the shards."
+                )
+        if max_in_doubt is not None and (
+            isinstance(max_in_doubt, bool) or not isinstance(max_in_doubt, int) or max_in_doubt < 1
+        ):
+            raise CampaignError(f"max_in_doubt={max_in_doubt!r}: give a whole number >= 1, or None.")
         if max_error_rate is not None and not 0 <= max_error_rate <= 1:
             raise CampaignError(f"max_error_rate={max_error_rate!r}: give a share between 0 and 1, or None.")
         self.population = population
@@ -110,11 +131,14 @@ class DeliveryOperator(CampaignBaseOperator):
         )
         self.on_uncertain = on_uncertain
         self.rate_limit = rate_limit
+        self.shard = shard
+        self.max_in_doubt = max_in_doubt
         self.page_size = page_size
         self.max_retries = max_retries
         self.max_error_rate = max_error_rate
         self.outbound = outbound
         self._name = self._run_key = ""
+        self._run: sender.SendRun | None = None
         self.send_retry_delay = 2.0  # seconds before the first retry of a transient failure
 
     # ---- what a channel supplies ----------------------------------------------------------------
@@ -137,8 +161,13 @@ class DeliveryOperator(CampaignBaseOperator):
     # ---- execution ------------------------------------------------------------------------------
 
     def delivery_name(self, context: Any) -> str:
-        ti = context["ti"]
-        return self.delivery or f"{ti.dag_id}.{ti.task_id}"
+        if self.delivery:
+            return self.delivery
+        identity = run_identity(context)
+        name = "{dag_id}.{task_id}".format(**identity)
+        if identity["map_index"] >= 0 and self.shard is None:  # mapped instances: a ledger each
+            name += f"[{identity['map_index']}]"
+        return name
 
     def default_typology(self) -> Typology:
         return email_typology(once_per_period=self.once_per_period)
@@ -156,14 +185,19 @@ class DeliveryOperator(CampaignBaseOperator):
         self._name, self._run_key = self.delivery_name(context), info.run_key  # for the composer and channel
         if info.backfill and self.on_backfill == "skip":
             raise AirflowSkipException(f"{self.task_id}: a backfill run and on_backfill='skip'.")
+        identity = run_identity(context)
         spec = engine.DeliverySpec(
-            name=self.delivery_name(context),
+            name=self._name,
             channel=self.channel_name,
-            dag_id=context["ti"].dag_id,
-            task_id=context["ti"].task_id,
+            dag_id=identity["dag_id"],
+            task_id=identity["task_id"],
             service=self.service,
             settings=self.settings(),
         )
+        # every static check before anything is written: signing key, links, the channel's connection
+        composer = self.make_composer([])
+        channel = self.make_channel()
+        channel.check()
         conn = self.autocommit_connection()
         try:
             with conn.transaction():
@@ -173,6 +207,7 @@ class DeliveryOperator(CampaignBaseOperator):
                 if self.mode == "send":
                     targets, pop = self._prepared(conn, occurrence_id, spec.name, info)
                 else:
+                    engine.check_preparer(conn, occurrence_id, spec.name, identity)
                     targets, pop, prepared = self._prepare(
                         conn, context, delivery_id, occurrence_id, service_id, info
                     )
@@ -188,30 +223,40 @@ class DeliveryOperator(CampaignBaseOperator):
                     "%s: backfill run %s simulated: %s", spec.name, info.run_key, result["by_status"]
                 )
                 return self._finish(context, conn, result, pop, targets, occurrence_id)
-            columns = [c for c, _ in CampaignHook.columns_of(conn, targets)]
-            ident = run_identity(context)
-            claimer = "{dag_id}/{task_id}/{run_id}/{map_index}".format(**ident) + f"#{_try(context)}"
-            result = engine.send(
+            self._run = sender.SendRun(
                 conn,
                 occurrence_id=occurrence_id,
+                delivery_id=delivery_id,
                 targets=targets,
-                composer=self.make_composer(columns),
-                channel=self.make_channel(),
-                settings=engine.SendSettings(
+                composer=composer,
+                channel=channel,
+                settings=sender.SendSettings(
                     page_size=self.page_size,
                     rate_limit=self.rate_limit,
                     max_retries=self.max_retries,
                     retry_delay=self.send_retry_delay,
                     max_error_rate=self.max_error_rate,
                     on_uncertain=self.on_uncertain,
+                    max_in_doubt=self.max_in_doubt,
+                    shard=self.shard,
                 ),
-                claimer=claimer,
+                claimer=sender.Claimer(engine.instance_key(identity), _try(context), self.shard),
                 connect=self.get_hook().connect,
                 logger=self.log,
             )
-            return self._finish(context, conn, result, pop, targets, occurrence_id)
+            try:
+                result = self._run.execute()
+            finally:
+                claimer, self._run = self._run.claimer, None
+            return self._finish(context, conn, result, pop, targets, occurrence_id, claimer)
         finally:
             conn.close()
+
+    def on_kill(self) -> None:
+        """Stop sending and hand the recipients this task claimed but did not send back (pending)."""
+        run = self._run
+        if run is not None:
+            run.kill()
 
     def _prepare(
         self,
@@ -254,11 +299,13 @@ class DeliveryOperator(CampaignBaseOperator):
         )
         targets = self.save(conn, context, select, key=pop.key, resource=pop.resource, suffix="targets")
         assert targets.table is not None
-        conn.execute(
-            sql.SQL("CREATE INDEX ON {} ({})").format(
-                qualified(targets.table), sql.Identifier(engine.RECIPIENT)
+        duplicates = _unique_recipients(conn, targets.table)
+        if duplicates:
+            self.log.warning(
+                "population: %d row(s) repeat a recipient listed earlier; each recipient gets one message, "
+                "personalised from its first row",
+                duplicates,
             )
-        )
         conn.execute(sql.SQL("ANALYZE {}").format(qualified(targets.table)))
         proofs = self.proofs(conn, targets.table, context)
         if proofs is not None:
@@ -279,6 +326,7 @@ class DeliveryOperator(CampaignBaseOperator):
             on_backfill=self.on_backfill,
             denylist_column=denylist if denylist in resource.columns else None,
             seed=self.delivery_name(context),
+            prepared_by=engine.instance_key(run_identity(context)),
         )
         self.log.info(
             "prepared %s for %s: %s; excluded %s",
@@ -322,6 +370,7 @@ class DeliveryOperator(CampaignBaseOperator):
         pop: Population,
         targets: str,
         occurrence_id: int,
+        claimer: sender.Claimer | None = None,
     ) -> Any:
         context["ti"].xcom_push(key="report", value=result)
         if self.outbound == "none":
@@ -339,18 +388,45 @@ class DeliveryOperator(CampaignBaseOperator):
                 context,
                 sql.SQL(
                     "SELECT {cols} FROM {t} t WHERE EXISTS (SELECT 1 FROM campaign.delivery_logs l"
-                    " WHERE l.occurrence_id = {occ} AND l.status = 'sent' AND l.recipient_key = t.{rk})"
+                    " WHERE l.occurrence_id = {occ} AND l.status = 'sent' AND l.recipient_key = t.{rk}{mine})"
                 ).format(
                     cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
                     t=qualified(targets),
                     occ=sql.Literal(occurrence_id),
                     rk=sql.Identifier(engine.RECIPIENT),
+                    # a shard returns what its own tries sent: the shards' outputs add up to the whole
+                    mine=sql.SQL("")
+                    if claimer is None or self.shard is None
+                    else sql.SQL(" AND split_part(l.claimed_by, '#', 1) = {}").format(
+                        sql.Literal(claimer.instance)
+                    ),
                 ),
                 key=pop.key if pop.key in columns else columns[0],
                 resource=pop.resource,
                 suffix="sent",
             )
         return sent.to_dict()
+
+
+def _unique_recipients(conn: psycopg.Connection, targets: str) -> int:
+    """Make the targets table hold one row per recipient (the first one listed); return how many
+    repeated rows were dropped. A unique index does both the check and the look-ups the send needs."""
+    index = sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(
+        qualified(targets), sql.Identifier(engine.RECIPIENT)
+    )
+    try:
+        with conn.transaction():
+            conn.execute(index)
+        return 0
+    except psycopg.errors.UniqueViolation:
+        pass
+    cur = conn.execute(
+        sql.SQL("DELETE FROM {t} a USING {t} b WHERE a.{rk} = b.{rk} AND a.ctid > b.ctid").format(
+            t=qualified(targets), rk=sql.Identifier(engine.RECIPIENT)
+        )
+    )
+    conn.execute(index)
+    return cur.rowcount
 
 
 def _try(context: Any) -> int:
@@ -425,6 +501,12 @@ class EmailDeliveryOperator(DeliveryOperator):
                 "unsubscribe_url: a marketing email needs the unsubscribe page's URL, e.g. "
                 "'https://example.com/unsubscribe' (or marketing=False for transactional mail)."
             )
+        from airflow_campaign.delivery.unsubscribe import check_base_url
+
+        if unsubscribe_url:
+            check_base_url("unsubscribe_url", unsubscribe_url)
+        if mirror_url:
+            check_base_url("mirror_url", mirror_url)
         self.content = EmailContent(
             subject=subject,
             from_addr=from_addr,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_campaign.channels.base import Envelope
+from airflow_campaign.channels.base import Envelope, Result
 from tests.channels.servers import Certificate, Inbox, self_signed, smtp_server
 
 SmtpConnection = Callable[..., str]
@@ -64,3 +65,31 @@ def envelopes(n: int, start: int = 1, domain: str = "example.org", size: int = 6
 
 def written(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+class RecordingGate:
+    """A gate that records every call (thread name, log id, outcome) and holds back ``refuse``."""
+
+    def __init__(self, refuse: tuple[int, ...] = ()) -> None:
+        self.refuse = set(refuse)
+        self.calls: list[tuple[str, str, int, str]] = []
+        self.lock = threading.Lock()
+
+    def before(self, envelope: Envelope) -> bool:
+        with self.lock:
+            self.calls.append(("before", threading.current_thread().name, envelope.log_id, ""))
+        return envelope.log_id not in self.refuse
+
+    def after(self, result: Result) -> None:
+        with self.lock:
+            self.calls.append(("after", threading.current_thread().name, result.log_id, result.outcome))
+
+    def check(self, results: list[Result]) -> None:
+        """Each message went through ``before`` once, then ``after`` once with its final result."""
+        befores = [c[2] for c in self.calls if c[0] == "before"]
+        afters = {c[2]: c[3] for c in self.calls if c[0] == "after"}
+        assert sorted(befores) == sorted(r.log_id for r in results)
+        assert afters == {r.log_id: r.outcome for r in results}
+        order = [c[:1] + c[2:3] for c in self.calls]
+        for r in results:
+            assert order.index(("before", r.log_id)) < order.index(("after", r.log_id))

@@ -9,21 +9,30 @@ import pytest
 from airflow_campaign.channels.base import Envelope
 from airflow_campaign.channels.outbox import OutboxChannel
 from airflow_campaign.errors import CampaignError
-from tests.channels.conftest import envelopes, written
+from tests.channels.conftest import RecordingGate, envelopes, written
 
 
 def test_one_file_per_message(tmp_path: Path) -> None:
     folder = tmp_path / "outbox" / "2026-01-01"  # created on open
     batch = envelopes(25)
-    calls = []
+    gate = RecordingGate()
     with OutboxChannel(folder) as channel:
-        results = channel.send_batch(batch, lambda: calls.append(1))
+        results = channel.send_batch(batch, gate)
     assert written(folder) == {f"{e.log_id}.eml": e.message for e in batch}
     assert [(r.log_id, r.outcome, r.provider_id) for r in results] == [
         (e.log_id, "sent", f"{e.log_id}.eml") for e in batch
     ]
     assert (channel.messages, channel.bytes) == (25, sum(len(e.message) for e in batch))
-    assert len(calls) == 25
+    gate.check(results)
+
+
+def test_a_message_the_gate_holds_back_is_not_written(tmp_path: Path) -> None:
+    gate = RecordingGate(refuse=(2,))
+    with OutboxChannel(tmp_path) as channel:
+        results = channel.send_batch(envelopes(3), gate)
+    assert sorted(written(tmp_path)) == ["1.eml", "3.eml"]
+    assert {r.log_id: r.outcome for r in results} == {1: "sent", 2: "held", 3: "sent"}
+    gate.check(results)
 
 
 def test_a_resend_replaces_the_file(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError, ConnectTimeoutError, ParamValidatio
 from airflow_campaign.channels.base import Envelope
 from airflow_campaign.channels.ses import SesChannel, classify
 from airflow_campaign.errors import CampaignError
-from tests.channels.conftest import envelopes
+from tests.channels.conftest import RecordingGate, envelopes
 
 CREDENTIALS = {"login": "testing-access-key", "password": "testing-secret-key"}
 
@@ -56,13 +56,15 @@ def recorded(endpoint: str) -> dict[str, dict[str, Any]]:
 
 def test_sends_raw_messages_through_moto(ses: Any) -> None:
     batch = envelopes(40, domain="example.org")
-    calls = []
+    gate = RecordingGate(refuse=(7,))
     with SesChannel(ses.conn_id, threads=4) as channel:
-        results = channel.send_batch(batch, lambda: calls.append(1))
+        results = channel.send_batch(batch, gate)
 
     assert sorted(r.log_id for r in results) == [e.log_id for e in batch]
-    assert all(r.outcome == "sent" and r.provider_id for r in results)
-    assert len(calls) == 40
+    assert all(r.outcome == "sent" and r.provider_id for r in results if r.log_id != 7)
+    assert [r.outcome for r in results if r.log_id == 7] == ["held"]
+    gate.check(results)
+    results = [r for r in results if r.log_id != 7]
     messages = recorded(ses.endpoint)
     by_log_id = {e.log_id: e for e in batch}
     for result in results:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 from airflow_campaign.channels.base import Envelope, Result
 from airflow_campaign.channels.smtp import SmtpChannel, data_block, queue_id, settings_from_connection
 from airflow_campaign.errors import CampaignError
-from tests.channels.conftest import SmtpConnection, envelopes
+from tests.channels.conftest import RecordingGate, SmtpConnection, envelopes
 from tests.channels.servers import Certificate, Inbox, authenticator, smtp_server
 
 FAST = {"timeout": 5}
@@ -68,19 +67,18 @@ def test_several_batches_reuse_the_same_connections(inbox: Any, smtp_connection:
     assert handler.connections() == 2
 
 
-def test_throttle_is_called_once_per_message(inbox: Any, smtp_connection: SmtpConnection) -> None:
+def test_the_gate_is_passed_once_per_message(inbox: Any, smtp_connection: SmtpConnection) -> None:
     handler, port = inbox
-    calls = []
-    lock = threading.Lock()
-
-    def throttle() -> None:
-        with lock:
-            calls.append(threading.current_thread().name)
-
+    gate = RecordingGate(refuse=(5, 77))
     with SmtpChannel(smtp_connection(port, **FAST), connections=4) as channel:
-        channel.send_batch(envelopes(120), throttle)
-    assert len(calls) == len(handler.messages) == 120
-    assert len(set(calls)) == 4  # called from each connection's thread
+        results = channel.send_batch(envelopes(120), gate)
+    gate.check(results)
+    assert len(handler.messages) == 118  # the two held back never reached the server
+    assert {m.rcpt_tos[0] for m in handler.messages} == {
+        f"customer{i}@example.org" for i in range(1, 121) if i not in (5, 77)
+    }
+    assert {r.log_id for r in results if r.outcome == "held"} == {5, 77}
+    assert len({c[1] for c in gate.calls if c[0] == "before"}) == 4  # from each connection's thread
 
 
 def test_sender_from_the_connection_and_non_ascii_addresses(

@@ -185,8 +185,36 @@ def test_headers_cannot_be_injected() -> None:
     message = parse(raw)
     assert message["Bcc"] is None
     assert message["Subject"] == "Hi Bcc: victim@example.com"
-    with pytest.raises(CampaignError, match="a line break in an address header"):
+    with pytest.raises(CampaignError, match="not one valid email address"):
         skeleton().build("a@example.com\r\nBcc: victim@example.com", "s", "t", None, "<1@x>", None)
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "x@y.com, victim@evil.com",  # two addresses in one To:
+        "Victim <victim@evil.com>",  # a display name
+        "x@y.com\x1b[31m",  # an escape sequence
+        "x@y.com\x00",
+        "",
+        "not an address",
+    ],
+)
+def test_to_is_one_address_the_typology_would_accept(to: str) -> None:
+    with pytest.raises(CampaignError, match="not one valid email address"):
+        skeleton().build(to, "s", "t", None, "<1@x>", None)
+
+
+@pytest.mark.parametrize("control", ["\x1b", "\x07", "\x7f", "\x00", "\x0b", "\x85", "\x9b"])
+def test_control_characters_never_reach_a_header(control: str) -> None:
+    subject = f"Hello{control}[31mMallory{control}"
+    raw = skeleton(from_name=f"Shop{control}").build("a@example.com", subject, "t", None, "<1@x>", None)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert not any(b < 0x20 and b not in (0x0D, 0x0A) or b == 0x7F for b in head)  # no raw control byte
+    assert control.encode("utf-8") not in head
+    message = parse(raw)
+    assert message["Subject"] == "Hello [31mMallory"  # the control character became a space
+    assert message["From"].addresses[0].display_name == "Shop"
 
 
 def test_long_and_non_ascii_headers_fold_and_decode() -> None:

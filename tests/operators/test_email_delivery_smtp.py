@@ -22,7 +22,7 @@ import pytest
 from airflow_campaign.delivery.unsubscribe import parse_and_verify
 from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 from airflow_campaign.operators.targeting import QueryOperator
-from tests.channels.servers import Inbox, smtp_server
+from tests.channels.servers import Inbox
 
 KEY = "smtp-tests-unsubscribe-signing-key"
 CONTENT = {
@@ -32,34 +32,6 @@ CONTENT = {
     "unsubscribe_url": "https://example.com/unsubscribe",
 }
 UTC = dt.timezone.utc
-
-
-@pytest.fixture
-def smtp(monkeypatch):
-    """``smtp(handler)`` starts an aiosmtpd server and returns the Airflow connection id to it."""
-    servers = []
-
-    def start(handler: Inbox) -> str:
-        server = smtp_server(handler)
-        controller = server.__enter__()
-        servers.append(server)
-        conn_id = f"smtp_t{len(servers)}"
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{conn_id.upper()}",
-            json.dumps(
-                {
-                    "conn_type": "smtp",
-                    "host": "127.0.0.1",
-                    "port": controller.port,
-                    "extra": {"starttls": False},
-                }
-            ),
-        )
-        return conn_id
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 @pytest.fixture

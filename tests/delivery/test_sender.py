@@ -1,0 +1,45 @@
+"""The send step's parts on a real database: the shared rate limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from airflow_campaign.delivery.sender import SharedRate
+
+
+def busiest_second(times: list[float]) -> int:
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+
+
+def test_two_tasks_sharing_a_rate_never_exceed_it_together(scratch):
+    delivery = scratch.db.execute(
+        "INSERT INTO campaign.deliveries (name, channel) VALUES ('rated', 'email') RETURNING id"
+    ).fetchone()[0]
+
+    def connect() -> psycopg.Connection:
+        return psycopg.connect(scratch.url)
+
+    stop = threading.Event()
+    late, steady = SharedRate(100, connect, delivery), SharedRate(100, connect, delivery)
+    sent: list[float] = []
+    try:
+        late.wait(stop)  # takes a block of slots, uses one...
+        sent.append(time.monotonic())
+        time.sleep(1.0)  # ...then falls behind (a slow reply, a retry backoff)
+        other = threading.Thread(
+            target=lambda: [steady.wait(stop) or sent.append(time.monotonic()) for _ in range(150)]
+        )
+        other.start()
+        for _ in range(30):  # the late one catches up: its missed slots are dropped, not spent at once
+            late.wait(stop)
+            sent.append(time.monotonic())
+        other.join()
+    finally:
+        late.close()
+        steady.close()
+    assert len(sent) == 181
+    assert busiest_second(sent) <= 101
