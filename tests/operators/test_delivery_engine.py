@@ -413,7 +413,12 @@ def test_on_kill_hands_the_claimed_rows_back_and_a_retry_sends_them(scratch, mak
     while len(inbox.messages) < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     op.on_kill()
-    at_kill = statuses(scratch.db)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # handed back at once, while the task is still stopping
+        at_kill = statuses(scratch.db)
+        if at_kill["claimed"] + at_kill["sending"] <= 4:
+            break
+        time.sleep(0.01)
     thread.join(30)
     assert not thread.is_alive()
     assert failure and "killed" in str(failure[0])
