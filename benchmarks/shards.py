@@ -142,6 +142,30 @@ def _send(delivery: str, run_id: str, shards: int | None) -> tuple[float, list[d
     return max(r["ended"] for r in reports) - started, reports
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process's finished children (the send tasks) and by the
+    Postgres server's processes (its exited backends counted in the postmaster's children)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                name, fields = stat.read().split(") ", 1)
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if b"postgres" in command and b"python" not in command:
+            values = fields.split()
+            total += sum(int(values[i]) for i in (11, 12, 13, 14)) / ticks
+    return total
+
+
 def _sent(url: str, delivery: str) -> tuple[int, int, str]:
     """(sent rows, distinct recipients sent, a digest of the sent recipient keys) of a delivery."""
     import psycopg
@@ -176,8 +200,11 @@ def bench_shards(url: str, results: list[dict[str, Any]], scale: int) -> None:
     for delivery in (one, four):
         _operator(population, delivery, "prepare").execute(_context("prepare", f"run_{delivery}"))
     start = load()
+    cpu = _cpu_seconds()
     one_s, _ = _send(one, f"run_{one}", None)
+    one_cpu, cpu = _cpu_seconds() - cpu, _cpu_seconds()
     four_s, reports = _send(four, f"run_{four}", SHARDS)
+    four_cpu = _cpu_seconds() - cpu
     end = load()
     a, b = _sent(url, one), _sent(url, four)
     if a != b or a[0] != a[1]:
@@ -188,6 +215,10 @@ def bench_shards(url: str, results: list[dict[str, Any]], scale: int) -> None:
     print(
         f"  shards: {a[0]:,} sent by 1 shard in {one_s:.1f}s ({a[0] / one_s:,.0f}/s), by {SHARDS} in {four_s:.1f}s"
         f" ({b[0] / four_s:,.0f}/s; shares {shares}); load {start} -> {end}"
+    )
+    print(
+        f"  CPU (send tasks, their start-up included, and Postgres): 1 shard {one_cpu:.0f}s = {one_cpu / one_s:.2f}"
+        f" cores busy, {SHARDS} shards {four_cpu:.0f}s = {four_cpu / four_s:.2f} cores busy, of {os.cpu_count()}"
     )
     record(
         results,

@@ -32,7 +32,7 @@ class OutboxChannel:
 
     name = "outbox"
     concurrency = 1
-    resend_safe = True  # a message sent again replaces its file
+    resend_safe = True  # a message sent again replaces its file (null mode: nothing is kept)
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, null: bool = False) -> None:
         self.null = null or folder is None

@@ -266,7 +266,15 @@ class LedgerGate:
     messages in the channel's hands, and the next ones marked ahead so that no connection waits.
     Every write is fenced on the claimer: a row another try has taken over is neither marked nor
     recorded, and its message is held back.
+
+    With ``mark=False`` (a channel where a message sent again replaces the first, such as the
+    outbox) rows go from ``claimed`` straight to their result: a row left ``claimed`` by a dead
+    task is simply sent again. Results are then written in batches (up to ``BATCH`` rows or
+    ``LINGER`` seconds), since no message waits for them.
     """
+
+    BATCH = 500
+    LINGER = 0.05
 
     def __init__(
         self,
@@ -276,8 +284,10 @@ class LedgerGate:
         window: int,
         rate: SharedRate | None,
         heartbeat_every: float,
+        mark: bool = True,
     ) -> None:
         self.conn = conn
+        self.mark = mark
         self.claimer = claimer
         self.claim_id = claim_id
         self.window = max(1, window)
@@ -300,6 +310,8 @@ class LedgerGate:
         self._reported: set[int] = set()
         self._closing = False
         self._writing = False
+        self._hurry = False  # flush(): write now, without waiting for a batch
+        self._first_at = 0.0  # when the oldest result not written yet came
         self._beat_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="campaign-ledger", daemon=True)
 
@@ -317,6 +329,11 @@ class LedgerGate:
 
     def before(self, envelope: Envelope) -> bool:
         log_id = envelope.log_id
+        if not self.mark:
+            if self.rate is not None:
+                self.rate.wait(self.stopping)
+            with self._cv:
+                return not self._refused(log_id)
         with self._cv:
             while True:
                 if self._refused(log_id):
@@ -353,6 +370,8 @@ class LedgerGate:
         first ones are marked while the page is still being rendered."""
         with self._cv:
             self._reported.clear()
+            if not self.mark:
+                return
             busy = self._armed | self._marking | self._ready | self._doubt
             for log_id in log_ids:
                 if log_id not in busy:  # rows already marked (or on their way back) are not armed again
@@ -397,8 +416,11 @@ class LedgerGate:
     def flush(self) -> None:
         """Wait until every result given so far is written (or the ledger thread has failed)."""
         with self._cv:
+            self._hurry = True
+            self._cv.notify_all()
             while (self._results or self._writing) and self.error is None and self._thread.is_alive():
                 self._cv.wait(1.0)
+            self._hurry = False
 
     def close(self) -> list[tuple[int, str, str | None, str | None]]:
         """Record everything pending, put rows marked but not handed over back to ``claimed``, stop.
@@ -439,8 +461,19 @@ class LedgerGate:
             status, error = "claimed", (result.error or result.outcome)[:1000]
         if log_id in self._marking:  # its mark is in flight: once marked, it is not to be handed over
             self._done.add(log_id)
+        if not self._results:
+            self._first_at = time.monotonic()
         self._results.append((log_id, status, result.provider_id, error))
-        self._cv.notify_all()
+        if self.mark or len(self._results) >= self.BATCH:
+            self._cv.notify_all()
+
+    def _results_due(self) -> bool:
+        """Under the lock: whether the results waiting should be written now."""
+        if not self._results:
+            return False
+        if self.mark or self._closing or self._hurry or len(self._results) >= self.BATCH:
+            return True
+        return time.monotonic() - self._first_at >= self.LINGER
 
     def _run(self) -> None:
         try:
@@ -449,7 +482,8 @@ class LedgerGate:
                     while True:
                         room = self.window - len(self._doubt)
                         due = time.monotonic() - self._beat_at >= self.heartbeat_every
-                        if self._results or (self._order and room > 0 and not self.stopping.is_set()) or due:
+                        marking = self._order and room > 0 and not self.stopping.is_set()
+                        if self._results_due() or marking or due:
                             break
                         if self._closing:
                             if not self._ready and not self._marking:
@@ -457,7 +491,7 @@ class LedgerGate:
                             for log_id in list(self._ready):  # marked while closing: back to claimed
                                 self._queue(Result(log_id, "held"))
                             continue
-                        self._cv.wait(min(self.heartbeat_every, 1.0))
+                        self._cv.wait(self.LINGER if self._results else min(self.heartbeat_every, 1.0))
                     results = _one_per_row(self._results)
                     self._results = []
                     recorded = {r[0] for r in results}
@@ -618,7 +652,7 @@ class PageClaims:
             with self.connect() as conn:
                 conn.autocommit = True
                 while not self.stopping.is_set():
-                    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                    with conn.cursor(row_factory=psycopg.rows.dict_row, binary=True) as cur:
                         rows = cur.execute(self.claim, self.params).fetchall()
                     if not rows:
                         if self.params["after"] == 0:
@@ -762,7 +796,13 @@ class SendRun:
         try:
             claim_id = register(ledger, self.occurrence_id, self.claimer)
             self.gate = gate = LedgerGate(
-                ledger, self.claimer, claim_id, self.window, rate, settings.heartbeat_every
+                ledger,
+                self.claimer,
+                claim_id,
+                self.window,
+                rate,
+                settings.heartbeat_every,
+                mark=not self.resend_safe,  # a message sent again replaces the first: no need to mark
             )
             if self.killed.is_set():
                 gate.stopping.set()
@@ -778,10 +818,12 @@ class SendRun:
             self.started = time.monotonic()
             self.last_report = self.started
             log_.info(
-                "%s: %d recipient(s) pending; at most %d in doubt at a time",
+                "%s: %d recipient(s) pending; %s",
                 self.claimer.token,
                 total,
-                self.window,
+                "a message left in doubt by a crash is sent again (the channel replaces it)"
+                if self.resend_safe
+                else f"at most {self.window} in the channel's hands (in doubt after a crash) at a time",
             )
             while True:
                 pages = PageClaims(

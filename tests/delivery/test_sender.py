@@ -72,5 +72,6 @@ def test_tasks_slower_than_the_rate_share_it_instead_of_taking_turns(scratch):
         thread.join()
     sent.sort()
     steady = [t for t in sent if sent[0] + 0.5 <= t < sent[0] + 2.5]  # two seconds in the middle
-    assert len(steady) >= 0.9 * 2 * 200  # the four together reach the rate...
-    assert busiest_second(sent) <= 202  # ...and never above it (one more, and one for the clock readings)
+    assert len(steady) >= 0.8 * 2 * 200  # the four together reach the rate (taking turns: 125/s)...
+    # ...and never go above it: one more, plus a little for threads woken late on a busy machine
+    assert busiest_second(sent) <= 203

@@ -13,14 +13,22 @@ ALTER TABLE campaign.delivery_logs
     ADD COLUMN destination text NOT NULL DEFAULT '';
 ALTER TABLE campaign.delivery_logs
     DROP CONSTRAINT delivery_logs_delivery_id_run_key_recipient_key_key;
+-- recipient before run key: the key also serves once-per-period look-ups (delivery, recipient)
 ALTER TABLE campaign.delivery_logs
-    ADD CONSTRAINT delivery_logs_destination_key UNIQUE (delivery_id, run_key, recipient_key, destination);
+    ADD CONSTRAINT delivery_logs_destination_key UNIQUE (delivery_id, recipient_key, run_key, destination);
+DROP INDEX campaign.delivery_logs_recipient_idx;
+-- fatigue counts sent messages only: the rows on their way there need no entry
+DROP INDEX campaign.delivery_logs_address_idx;
+CREATE INDEX delivery_logs_sent_address_idx ON campaign.delivery_logs (channel, address, sent_at)
+    WHERE status = 'sent';
 ALTER TABLE campaign.delivery_logs DROP CONSTRAINT delivery_logs_status_check;
 ALTER TABLE campaign.delivery_logs ADD CONSTRAINT delivery_logs_status_check CHECK (
     status IN ('pending', 'claimed', 'sending', 'sent', 'failed', 'excluded', 'simulated', 'unknown')
 );
 DROP INDEX campaign.delivery_logs_sending_idx;
-CREATE INDEX delivery_logs_claimed_idx ON campaign.delivery_logs (occurrence_id, claimed_by)
+-- the rows tasks hold, for settling; not on claimed_by, so that a task's fenced writes (by id,
+-- and claimed_by) always go through the primary key
+CREATE INDEX delivery_logs_claimed_idx ON campaign.delivery_logs (occurrence_id)
     WHERE status IN ('claimed', 'sending');
 
 CREATE TABLE campaign.delivery_claims (
