@@ -103,8 +103,8 @@ class SharedRate:
     asks for messages more slowly than the rate reserves one slot at a time, leaving the slots
     in between to the others; one that asks faster reserves runs that double up to 50 ms of
     slots (halving when it misses some). A slot more than half a slot late is dropped, never
-    made up for later: the tasks together never go above the rate (at most one message more in
-    any second).
+    made up for later: the tasks together never hand the channel more than the rate (at most one
+    message more in any second; what the server sees also varies with each message's latency).
     """
 
     MAX_RUN_SECONDS = 0.05
