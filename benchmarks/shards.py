@@ -90,9 +90,19 @@ def _send_child(delivery: str, run_id: str, shard: int | None) -> None:
     op.get_hook().connect().close()  # connection set up before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     result = op.execute(ctx)
-    print(json.dumps({"started": started, "ended": time.time(), "this_try": result["this_try"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "started": started,
+                "ended": time.time(),
+                "cpu": time.process_time() - cpu,  # all of the task's threads
+                "this_try": result["this_try"],
+            }
+        ),
+        flush=True,
+    )
 
 
 def _send(delivery: str, run_id: str, shards: int | None) -> tuple[float, list[dict[str, Any]]]:
@@ -142,25 +152,21 @@ def _send(delivery: str, run_id: str, shards: int | None) -> tuple[float, list[d
     return max(r["ended"] for r in reports) - started, reports
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds used so far by this process's finished children (the send tasks) and by the
-    Postgres server's processes (its exited backends counted in the postmaster's children)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = usage.ru_utime + usage.ru_stime
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by the Postgres server's processes (its exited backends are
+    counted in the postmaster's children)."""
+    total = 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-                name, fields = stat.read().split(") ", 1)
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                command = cmdline.read()
+                name, fields = stat.read().rsplit(") ", 1)
         except OSError:
             continue
-        if b"postgres" in command and b"python" not in command:
+        # the executable's name, not its command line: the postmaster's path may contain "python"
+        if name.split(" (", 1)[-1] == "postgres":
             values = fields.split()
             total += sum(int(values[i]) for i in (11, 12, 13, 14)) / ticks
     return total
@@ -200,12 +206,13 @@ def bench_shards(url: str, results: list[dict[str, Any]], scale: int) -> None:
     for delivery in (one, four):
         _operator(population, delivery, "prepare").execute(_context("prepare", f"run_{delivery}"))
     start = load()
-    cpu = _cpu_seconds()
-    one_s, _ = _send(one, f"run_{one}", None)
-    one_cpu, cpu = _cpu_seconds() - cpu, _cpu_seconds()
+    pg = _postgres_cpu()
+    one_s, one_reports = _send(one, f"run_{one}", None)
+    one_pg, pg = _postgres_cpu() - pg, _postgres_cpu()
     four_s, reports = _send(four, f"run_{four}", SHARDS)
-    four_cpu = _cpu_seconds() - cpu
+    four_pg = _postgres_cpu() - pg
     end = load()
+    one_py, four_py = (sum(r["cpu"] for r in side) for side in (one_reports, reports))
     a, b = _sent(url, one), _sent(url, four)
     if a != b or a[0] != a[1]:
         raise AssertionError(
@@ -217,8 +224,9 @@ def bench_shards(url: str, results: list[dict[str, Any]], scale: int) -> None:
         f" ({b[0] / four_s:,.0f}/s; shares {shares}); load {start} -> {end}"
     )
     print(
-        f"  CPU (send tasks, their start-up included, and Postgres): 1 shard {one_cpu:.0f}s = {one_cpu / one_s:.2f}"
-        f" cores busy, {SHARDS} shards {four_cpu:.0f}s = {four_cpu / four_s:.2f} cores busy, of {os.cpu_count()}"
+        f"  CPU while sending: 1 shard {one_py:.0f}s in the task + {one_pg:.0f}s in Postgres ="
+        f" {(one_py + one_pg) / one_s:.2f} cores busy; {SHARDS} shards {four_py:.0f}s + {four_pg:.0f}s ="
+        f" {(four_py + four_pg) / four_s:.2f} cores busy, of {os.cpu_count()}"
     )
     record(
         results,
