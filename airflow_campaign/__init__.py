@@ -34,4 +34,23 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_campaign.hooks.campaign"],
             }
         ],
+        "config": {
+            "campaign": {
+                "description": "Options of the campaign operators.",
+                "options": {
+                    "default_channel": {
+                        "description": (
+                            "The channel of an EmailDeliveryOperator that does not pass channel= (smtp, "
+                            "ses or outbox). Unset (the default), such a delivery fails when its DAG is "
+                            "parsed: no delivery falls back to a channel nobody chose. Set it where DAGs "
+                            "are parsed and run (environment: AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL)."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "smtp",
+                        "default": None,
+                    }
+                },
+            }
+        },
     }

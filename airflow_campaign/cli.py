@@ -79,7 +79,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     with connect(args) as conn:
-        counts = seed(conn, args.profiles, args.seed)
+        counts = seed(conn, args.profiles, args.seed, force=args.force)
     for table, count in counts.items():
         print(f"{table:>18}: {count}")
     print(f"seeded in {time.monotonic() - started:.1f}s")
@@ -184,9 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(db)
     db.set_defaults(func=cmd_db)
 
-    seed = sub.add_parser("seed", help="replace the profile data with deterministic synthetic data")
+    seed = sub.add_parser(
+        "seed",
+        help="replace the profile data with deterministic synthetic data (test databases: refused on a "
+        "database with delivery or subscription history unless --force)",
+    )
     seed.add_argument("--profiles", type=int, default=100_000)
     seed.add_argument("--seed", type=int, default=42)
+    seed.add_argument(
+        "--force",
+        action="store_true",
+        help="seed even when the database holds history the seed did not make (delivery logs, occurrences, "
+        "subscription events, audiences, quarantine entries): it is deleted",
+    )
     _add_target(seed)
     seed.set_defaults(func=cmd_seed)
 

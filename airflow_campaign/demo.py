@@ -73,6 +73,8 @@ def airflow_env(workdir: Path, url: str) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path("dags_examples").resolve()),
         "AIRFLOW_CONN_CAMPAIGN_DEFAULT": json.dumps(connection_fields(url)),
         "CAMPAIGN_DEMO_DIR": str(workdir),
+        # deliveries that name no channel use the outbox here; a production deployment names its own
+        "AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL": "outbox",
         # the demo's own key for signing unsubscribe links (create a secret one in production)
         "AIRFLOW_VAR_CAMPAIGN_UNSUBSCRIBE_KEY": "demo-only-unsubscribe-signing-key",
     }
@@ -205,7 +207,7 @@ def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
 
     from airflow_campaign import embedded
     from airflow_campaign.schema import migrate
-    from airflow_campaign.seed import seed
+    from airflow_campaign.seed import history, seed
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -216,7 +218,13 @@ def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
         migrate.upgrade(conn)
         print(f"campaign schema at version {migrate.current_version(conn)}")
         t = time.monotonic()
-        counts = seed(conn, profiles)
+        replaced = history(conn)  # the demo's own database: a previous demo's runs are replaced
+        counts = seed(conn, profiles, force=True)
+        if replaced:
+            print(
+                "replaced the previous demo's history: "
+                + "; ".join(f"{what}: {n}" for what, n in replaced.items())
+            )
         print(f"seeded {counts['profiles']} profiles in {time.monotonic() - t:.1f}s")
         signups = write_signups(conn, work / "in" / "store_signups.csv")
     env = airflow_env(work, server.url)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Literal
@@ -19,7 +20,7 @@ from typing import IO, Any, Literal
 import psycopg
 from psycopg import sql
 
-from airflow_campaign.errors import CampaignError
+from airflow_campaign.errors import CampaignError, shown
 from airflow_campaign.hooks.campaign import CampaignHook
 
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
@@ -28,6 +29,7 @@ LINE_COLUMN = "_line"
 _CHUNK = 1 << 20
 _TEMP_NAMES = itertools.count()
 _COPY_LINE = re.compile(r"line (\d+)(?:, column [^:]*)?(?:: (.*))?$")
+MAX_COLUMNS = 1600  # PostgreSQL's limit on the columns of a table
 
 
 def infer_format(path: str) -> str:
@@ -44,7 +46,9 @@ def infer_format(path: str) -> str:
     ):
         if name.endswith(ext):
             return fmt
-    raise CampaignError(f"format: cannot tell the format of {path!r}; pass format= one of {list(FORMATS)}.")
+    raise CampaignError(
+        f"format: cannot tell the format of {shown(path)}; pass format= one of {list(FORMATS)}."
+    )
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -70,7 +74,7 @@ def open_source(path: str, aws_conn_id: str | None = "aws_default") -> Iterator[
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
             raise CampaignError(
-                f"path={path!r}: cannot read the S3 object ({code}). Check the bucket and key, and "
+                f"path={shown(path)}: cannot read the S3 object ({code}). Check the bucket and key, and "
                 f"that aws_conn_id={aws_conn_id!r} may read them."
             ) from exc
         raw: IO[bytes] = body  # botocore StreamingBody has read(n)
@@ -80,7 +84,9 @@ def open_source(path: str, aws_conn_id: str | None = "aws_default") -> Iterator[
             body.close()
         return
     if not os.path.isfile(path):
-        raise CampaignError(f"path={path!r}: no such file; give an existing local path or s3://bucket/key.")
+        raise CampaignError(
+            f"path={shown(path)}: no such file; give an existing local path or s3://bucket/key."
+        )
     with open(path, "rb") as handle:
         yield gzip.GzipFile(fileobj=handle) if path.endswith(".gz") else handle  # type: ignore[misc]
 
@@ -102,29 +108,53 @@ def load_raw(
     (Parquet only; CSV and JSONL are text until the caller casts). The table is dropped at the
     end of the transaction.
     """
-    with open_source(path, aws_conn_id) as stream:
-        if format in ("csv", "tsv"):
-            return _load_delimited(conn, path, stream, format, columns, header, delimiter, encoding)
-        if format == "jsonl":
-            return _load_jsonl(conn, path, stream, columns, encoding)
-        if format == "parquet":
+    if format not in FORMATS:
+        raise CampaignError(f"format={shown(format)} is not valid; use one of {list(FORMATS)}.")
+    if format in ("csv", "tsv"):
+        check_delimiter(delimiter)
+    try:
+        with open_source(path, aws_conn_id) as stream:
+            if format in ("csv", "tsv"):
+                return _load_delimited(conn, path, stream, format, columns, header, delimiter, encoding)
+            if format == "jsonl":
+                return _load_jsonl(conn, path, stream, columns, encoding)
             return _load_parquet(conn, path, stream, columns)
-    raise CampaignError(f"format={format!r} is not valid; use one of {list(FORMATS)}.")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise CampaignError(
+            f"path={shown(path)}: not a complete gzip file ({type(exc).__name__}: {exc}); it is truncated, "
+            "or not gzip-compressed although its name ends in .gz. Fix or rename the file; nothing was loaded."
+        ) from exc
 
 
-def _create_raw(conn: psycopg.Connection, columns: list[str]) -> str:
+def check_delimiter(delimiter: Any, option: str = "delimiter") -> None:
+    """One character that cannot be confused with a line end or the quote."""
+    if delimiter is None:
+        return
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
+        raise CampaignError(
+            f"{option}={shown(delimiter)}: give one character other than a quote or a line end, "
+            "e.g. ',', ';', '|' or '\\t'."
+        )
+
+
+def _create_raw(conn: psycopg.Connection, columns: list[str], path: str) -> str:
     if not columns:
-        raise CampaignError("columns: the file has no columns; give a header line or columns=[...].")
+        raise CampaignError(f"columns: {shown(path)} has no columns; give a header line or columns=[...].")
+    if len(columns) > MAX_COLUMNS:
+        raise CampaignError(
+            f"columns: {shown(path)} has {len(columns):,} columns (first ones {shown(columns[:5])}); a table holds "
+            f"at most {MAX_COLUMNS}. Check delimiter= and header=, or load fewer columns with columns=[...]."
+        )
     unnamed = [i + 1 for i, c in enumerate(columns) if not c]
     if unnamed:
         raise CampaignError(
-            f"columns: field(s) {unnamed} of the header have no name (a trailing delimiter?); name every "
+            f"columns: field(s) {unnamed} of the header of {shown(path)} have no name (a trailing delimiter?); name every "
             "column in the file's header line."
         )
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes or LINE_COLUMN in columns:
         raise CampaignError(
-            f"columns: duplicated or reserved column names {dupes or [LINE_COLUMN]} in the file."
+            f"columns: duplicated or reserved column names {shown(dupes or [LINE_COLUMN])} in {shown(path)}."
         )
     name = f"raw_file_{next(_TEMP_NAMES)}"
     conn.execute(
@@ -156,29 +186,40 @@ def _load_delimited(
     first = stream.read(_CHUNK)
     if first.startswith(codecs.BOM_UTF8):
         first = first[len(codecs.BOM_UTF8) :]
+    if b"\r" in first and b"\n" not in first and len(first.rstrip(b"\r")) > first.find(b"\r") + 1:
+        raise CampaignError(
+            f"path={shown(path)}: its lines end with CR alone (old Mac line endings); PostgreSQL's COPY and "
+            "the csv reader need LF or CRLF. Convert the file (e.g. `tr '\\r' '\\n'`); nothing was loaded."
+        )
     if header:
         line_end = first.find(b"\n")
         try:
             head_line = (first if line_end < 0 else first[:line_end]).decode(encoding).rstrip("\r")
         except UnicodeDecodeError as exc:
             raise _not_encoded(path, encoding, exc) from exc
-        file_columns = next(csv.reader([head_line], delimiter=delimiter), [])
+        try:
+            file_columns = next(csv.reader([head_line], delimiter=delimiter), [])
+        except csv.Error as exc:
+            raise CampaignError(
+                f"path={shown(path)}: line 1 (the header) is not valid {format} ({exc}). Fix the file, or check "
+                "delimiter= and header=; nothing was loaded."
+            ) from exc
         file_columns = [c.strip() for c in file_columns]
         first = b"" if line_end < 0 else first[line_end + 1 :]
         if columns and columns != file_columns:
             missing = [c for c in columns if c not in file_columns]
             if missing:
                 raise CampaignError(
-                    f"columns={columns!r}: {missing} not in the header of {path!r} {file_columns}; "
+                    f"columns={shown(columns)}: {missing} not in the header of {shown(path)} {shown(file_columns)}; "
                     "name header columns, or pass header=False for a file without a header line."
                 )
     elif not columns:
         raise CampaignError(
-            f"columns: {path!r} has no header (header=False), so columns=[...] must name each field."
+            f"columns: {shown(path)} has no header (header=False), so columns=[...] must name each field."
         )
     else:
         file_columns = columns
-    table = _create_raw(conn, file_columns)
+    table = _create_raw(conn, file_columns, path)
     options = sql.SQL("FORMAT csv, DELIMITER {}, ENCODING {}").format(
         sql.Literal(delimiter), sql.Literal(pg_encoding)
     )
@@ -195,9 +236,20 @@ def _load_delimited(
         context = (exc.diag.context or "").strip().splitlines()[-1:] or [""]
         found = _COPY_LINE.search(context[0])
         at = f" at line {int(found.group(1)) + (1 if header else 0)}" if found else ""
-        snippet = f": {found.group(2)}" if found and found.group(2) else ""
+        primary = exc.diag.message_primary or ""
+        if "invalid byte sequence" in primary and "0x00" not in primary:
+            raise CampaignError(
+                f"path={shown(path)}: not valid {encoding} text{at} ({primary}). Pass the file's encoding, "
+                "e.g. encoding='latin-1'; nothing was loaded."
+            ) from exc
+        if "0x00" in primary:
+            raise CampaignError(
+                f"path={shown(path)}: a NUL character{at}; PostgreSQL text cannot hold one. Remove NUL bytes "
+                "from the file (e.g. `tr -d '\\000'`); nothing was loaded."
+            ) from exc
+        snippet = f": {shown(found.group(2), 120, quote=False)}" if found and found.group(2) else ""
         raise CampaignError(
-            f"path={path!r}: malformed {format}{at} ({exc.diag.message_primary}{snippet}). Fix the file, or "
+            f"path={shown(path)}: malformed {format}{at} ({primary}{snippet}). Fix the file, or "
             "check format=, delimiter=, header= and encoding=; nothing was loaded."
         ) from exc
     return table, file_columns, {}
@@ -209,11 +261,28 @@ def _load_jsonl(
     records = _json_records(path, stream, encoding)
     head = next(records, None)
     file_columns = columns or (list(head[1]) if head else [])
-    table = _create_raw(conn, file_columns)
+    table = _create_raw(conn, file_columns, path)
     if head is None:
         return table, file_columns, {}
-    rows = ([_as_text(record.get(c)) for c in file_columns] for _, record in itertools.chain([head], records))
-    CampaignHook.copy_rows_in(conn, table, file_columns, rows)
+    at = [head[0]]
+
+    def rows() -> Iterator[list[str | None]]:
+        for number, record in itertools.chain([head], records):
+            at[0] = number
+            values = [_as_text(record.get(c)) for c in file_columns]
+            if any(v is not None and "\x00" in v for v in values):
+                raise CampaignError(
+                    f"path={shown(path)}: line {number} has a NUL character (\\u0000); PostgreSQL text cannot "
+                    "hold one. Remove it from the file; nothing was loaded."
+                )
+            yield values
+
+    try:
+        CampaignHook.copy_rows_in(conn, table, file_columns, rows())
+    except psycopg.DataError as exc:
+        raise CampaignError(
+            f"path={shown(path)}: line {at[0]} cannot be loaded ({exc}). Fix the file; nothing was loaded."
+        ) from exc
     return table, file_columns, {}
 
 
@@ -229,11 +298,11 @@ def _json_records(path: str, stream: IO[bytes], encoding: str) -> Iterator[tuple
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise CampaignError(
-                    f"path={path!r}: line {number} is not JSON ({exc.msg}). Fix the file; nothing was loaded."
+                    f"path={shown(path)}: line {number} is not JSON ({exc.msg}). Fix the file; nothing was loaded."
                 ) from exc
             if not isinstance(record, dict):
                 raise CampaignError(
-                    f"path={path!r}: line {number} is not a JSON object; JSON Lines needs one object per line."
+                    f"path={shown(path)}: line {number} is not a JSON object; JSON Lines needs one object per line."
                 )
             yield number, record
     except UnicodeDecodeError as exc:
@@ -243,7 +312,7 @@ def _json_records(path: str, stream: IO[bytes], encoding: str) -> Iterator[tuple
 def _not_encoded(path: str, encoding: str, exc: UnicodeDecodeError, line: int | None = None) -> CampaignError:
     where = f" (line {line})" if line else ""
     return CampaignError(
-        f"path={path!r}: not valid {encoding} text{where}: {exc.reason}. Pass the file's encoding, "
+        f"path={shown(path)}: not valid {encoding} text{where}: {exc.reason}. Pass the file's encoding, "
         "e.g. encoding='latin-1'."
     )
 
@@ -265,18 +334,20 @@ def _load_parquet(
             parquet = pq.ParquetFile(source)
         except pa.ArrowException as exc:
             raise CampaignError(
-                f"path={path!r}: not a Parquet file ({exc}). Check format= or fix the file."
+                f"path={shown(path)}: not a Parquet file ({exc}). Check format= or fix the file."
             ) from exc
         names = list(parquet.schema_arrow.names)
         missing = [c for c in columns or [] if c not in names]
         if missing:
-            raise CampaignError(f"columns={columns!r}: {missing} not in the Parquet file {path!r} {names}.")
+            raise CampaignError(
+                f"columns={shown(columns)}: {missing} not in the Parquet file {shown(path)} {shown(names)}."
+            )
         file_columns = columns or names
         types = {}
         for name in file_columns:
             arrow_type = parquet.schema_arrow.field(name).type
             types[name] = _arrow_to_pg(pa, arrow_type)
-        table = _create_raw(conn, file_columns)
+        table = _create_raw(conn, file_columns, path)
 
         def rows() -> Iterator[list[Any]]:
             for batch in parquet.iter_batches(batch_size=50_000, columns=file_columns):

@@ -163,11 +163,58 @@ def _profiles_sql() -> str:
     """
 
 
-def seed(conn: Any, profiles: int, seed: int = 42) -> dict[str, int]:
+SEEDED_AUDIENCES = ("vip", "do_not_contact")
+# What seeding deletes that the seed did not make: the history of deliveries and subscriptions.
+# (Emptying the services empties every table that refers to them, the deliveries' ledger too.)
+HISTORY: dict[str, str] = {
+    "delivery log rows (the ledger: who was sent what)": "SELECT count(*) FROM campaign.delivery_logs",
+    "delivery occurrences": "SELECT count(*) FROM campaign.delivery_occurrences",
+    "deliveries": "SELECT count(*) FROM campaign.deliveries",
+    "subscription events not made by the seed": (
+        "SELECT count(*) FROM campaign.subscription_events WHERE run_id IS NOT NULL OR origin IS DISTINCT FROM 'seed'"
+    ),
+    "audiences not made by the seed": (
+        "SELECT count(*) FROM campaign.audiences WHERE name <> ALL(%(audiences)s::text[])"
+    ),
+    "quarantine entries not made by the seed": (
+        "SELECT count(*) FROM campaign.quarantine WHERE since <> %(anchor)s::timestamptz"
+    ),
+}
+HISTORY_TABLES = (
+    "campaign.delivery_logs, campaign.delivery_occurrences, campaign.deliveries, campaign.subscription_events,"
+    " campaign.audiences, campaign.quarantine"
+)
+
+
+def history(conn: Any) -> dict[str, int]:
+    """What seeding would delete that the seed did not make, by kind: only the kinds with rows."""
+    params = {"audiences": list(SEEDED_AUDIENCES), "anchor": ANCHOR}
+    counts = {what: int(conn.execute(query, params).fetchone()[0]) for what, query in HISTORY.items()}
+    return {what: n for what, n in counts.items() if n}
+
+
+def check_no_history(conn: Any) -> None:
+    """Raise, saying what would be lost and how much, when the database holds history."""
+    found = history(conn)
+    if found:
+        lost = "; ".join(f"{what}: {n:,}" for what, n in found.items())
+        raise CampaignError(
+            f"seed: this database holds history that seeding would delete: {lost}. Seeding replaces the "
+            "profiles, services, subscriptions, quarantine and audiences, and emptying the services empties "
+            "the deliveries and their ledger with them (a delivery would then send again to people it "
+            "already sent to). Seed a test database; to delete this history and seed anyway, pass --force "
+            "(force=True from Python)."
+        )
+
+
+def seed(conn: Any, profiles: int, seed: int = 42, *, force: bool = False) -> dict[str, int]:
     """Replace the profile data with ``profiles`` synthetic profiles; return row counts.
 
     The same ``profiles`` and ``seed`` always give the same rows. Existing profiles,
-    subscriptions, quarantine entries, app subscriptions and audiences are removed first.
+    subscriptions, quarantine entries, app subscriptions and audiences are removed first, and
+    with the services the deliveries and their ledger. A database that holds history the seed
+    did not make (``history``: delivery logs, occurrences, subscription events, audiences,
+    quarantine entries) is refused, nothing deleted, unless ``force``.
     """
     from airflow_campaign.schema.migrate import require_current
 
@@ -176,6 +223,9 @@ def seed(conn: Any, profiles: int, seed: int = 42) -> dict[str, int]:
     require_current(conn, "seed")
     params = {"n": profiles, "seed": seed}
     with conn.transaction():
+        if not force:  # counted under lock: nothing can add history between the check and the delete
+            conn.execute(f"LOCK TABLE {HISTORY_TABLES} IN ACCESS EXCLUSIVE MODE")
+            check_no_history(conn)
         conn.execute(
             "TRUNCATE campaign.profiles, campaign.subscriptions, campaign.subscription_events,"
             " campaign.quarantine, campaign.app_subscriptions, campaign.audience_members,"

@@ -73,17 +73,18 @@ def _timed(
 
 def bench_subscriptions(url: str, results: list[dict[str, Any]], scale: int) -> None:
     from airflow_campaign.operators.subscription_services import SubscriptionServicesOperator
+    from airflow_campaign.population import Population
 
     conn = psycopg.connect(url, autocommit=True)
     service_id = _prepare(conn)
-    population = {
-        "kind": "table",
-        "table": POPULATION,
-        "key": "id",
-        "resource": "profiles",
-        "columns": ["id"],
-    }
-    population["count"] = conn.execute(f"SELECT count(*) FROM {POPULATION}").fetchone()[0]
+    # a table the benchmark makes itself, not a registered staging table: declared trusted, in code
+    population = Population.from_table(
+        POPULATION,
+        key="id",
+        resource="profiles",
+        count=conn.execute(f"SELECT count(*) FROM {POPULATION}").fetchone()[0],
+        trusted=True,
+    )
     op = SubscriptionServicesOperator(
         task_id="subscribe", population=population, service=SERVICE, operation="subscribe", origin="bench"
     )

@@ -21,8 +21,10 @@ def _copy_profiles(conn: psycopg.Connection, table: str, limit: int) -> None:
     conn.execute(f"VACUUM ANALYZE {table}")
 
 
-def _source(conn: psycopg.Connection, name: str, rows: int, round_: int) -> dict[str, Any]:
+def _source(conn: psycopg.Connection, name: str, rows: int, round_: int) -> Any:
     """A staging table of ``rows`` profiles: 10% with new points, 2% new ids, the rest as they are."""
+    from airflow_campaign.population import Population
+
     table = f"campaign_staging.{name}"
     conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(
@@ -38,7 +40,8 @@ def _source(conn: psycopg.Connection, name: str, rows: int, round_: int) -> dict
         (rows // 50,),
     )
     conn.execute(f"ANALYZE {table}")
-    return {"kind": "table", "table": table, "key": "id", "resource": None, "columns": COLUMNS, "count": rows}
+    # a table the benchmark makes itself, not a registered staging table: declared trusted, in code
+    return Population.from_table(table, key="id", resource=None, count=rows, trusted=True)
 
 
 def bench_upsert(url: str, results: list[dict[str, Any]], scale: int) -> None:

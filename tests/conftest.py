@@ -63,7 +63,7 @@ def seeded(database_url: str) -> str:
     from airflow_campaign.seed import seed
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        seed(conn, SEED_PROFILES, 42)
+        seed(conn, SEED_PROFILES, 42, force=True)  # a database the tests may throw away
     return database_url
 
 

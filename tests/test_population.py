@@ -137,3 +137,31 @@ def test_binding_an_emptied_staging_table_says_why(db, context):
     ):
         with db.transaction():
             coerce(out).bind(db, "upstream")
+
+
+def test_from_table_declares_a_table_whose_columns_and_count_are_read_later():
+    pop = Population.from_table("crm.customers", key="customer_no", resource="crm.customers", trusted=True)
+    assert (pop.kind, pop.table, pop.key, pop.resource, pop.trusted) == (
+        "table",
+        "crm.customers",
+        "customer_no",
+        "crm.customers",
+        True,
+    )
+    assert "trusted" not in pop.to_dict()
+    assert not coerce(pop.to_dict()).trusted
+    assert coerce(pop) is pop  # the object passed in the DAG file keeps its trust
+    assert not Population.from_table("campaign_staging.t").trusted
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"table": ""}, r"Population.from_table: table='': give a name"),
+        ({"table": "t", "key": 3}, r"Population.from_table: key=3: give a column name"),
+        ({"table": "t", "count": "9"}, r"Population.from_table: count='9': give the row count"),
+    ],
+)
+def test_from_table_checks_its_arguments(kwargs, message):
+    with pytest.raises(CampaignError, match=message):
+        Population.from_table(**kwargs)

@@ -97,3 +97,24 @@ def test_the_shared_test_data_is_realistically_messy(db):
     sizes = dict(db.execute("SELECT name, row_count FROM campaign.audiences WHERE type = 'list'").fetchall())
     assert sizes["vip"] == count(db, "SELECT count(*) FROM campaign.profiles WHERE loyalty_points >= 9500")
     assert sizes["do_not_contact"] > 0
+
+
+def test_seeding_again_is_refused_only_for_history_the_seed_did_not_make(seed_db):
+    from airflow_campaign.errors import CampaignError
+    from airflow_campaign.seed import history
+
+    with psycopg.connect(seed_db, autocommit=True) as conn:
+        seed(conn, 100, 1)
+        assert history(conn) == {}  # the seed's own subscription events, audiences and quarantine
+        seed(conn, 100, 2)  # so a test database re-seeds without --force
+        conn.execute(
+            "INSERT INTO campaign.quarantine (channel, address, reason) VALUES ('email', 'bounced@x.org', 'hard_bounce')"
+        )
+        assert history(conn) == {"quarantine entries not made by the seed": 1}
+        with pytest.raises(
+            CampaignError, match=r"delete: quarantine entries not made by the seed: 1\. .*force=True"
+        ):
+            seed(conn, 100, 3)
+        assert count(conn, "SELECT count(*) FROM campaign.quarantine WHERE address = 'bounced@x.org'") == 1
+        seed(conn, 100, 3, force=True)
+        assert history(conn) == {}

@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
+from airflow_campaign import sqlcheck
 from airflow_campaign.errors import CampaignError
 
 # The WHATWG HTML "valid e-mail address" grammar (what browsers accept in <input type=email>),
@@ -240,19 +241,27 @@ class ControlGroup(Rule):
 
 
 class SizeLimit(Rule):
-    """Keep at most ``size`` recipients (a deterministic random draw, or ``order_by`` a SQL list on ``w``)."""
+    """Keep at most ``size`` recipients (a deterministic random draw, or ``order_by`` a SQL list on ``w``).
+
+    ``order_by`` is checked to be one ORDER BY list; ``parameters`` holds the values of its
+    ``%(name)s`` placeholders.
+    """
 
     reason = "target size limit"
 
-    def __init__(self, size: int, order_by: str | None = None) -> None:
+    def __init__(
+        self, size: int, order_by: str | None = None, parameters: dict[str, Any] | None = None
+    ) -> None:
         if size < 0:
             raise CampaignError(f"SizeLimit(size={size}): give a whole number >= 0.")
         self.size = size
         self.order_by = order_by
+        self.parameters = parameters
+        sqlcheck.check_at_run([(sqlcheck.order_list, "SizeLimit(order_by)", order_by)], parameters)
 
     def statement(self, ctx: RuleContext) -> sql.Composed:
         order = (
-            sql.SQL(self.order_by)
+            sqlcheck.order_list("SizeLimit(order_by)", self.order_by, self.parameters)
             if self.order_by
             else sql.SQL("hashtextextended({} || recipient_key, 0)").format(sql.Literal(f"{ctx.seed}/limit/"))
         )
@@ -267,16 +276,23 @@ class SizeLimit(Rule):
 
 
 class SqlRule(Rule):
-    """A rule of your own: exclude, with ``reason``, the rows where ``where`` (SQL over ``w``) holds."""
+    """A rule of your own: exclude, with ``reason``, the rows where ``where`` (SQL over ``w``) holds.
 
-    def __init__(self, reason: str, where: str) -> None:
+    ``where`` is checked to be one SQL expression when the rule is made; values go in
+    ``parameters`` for its ``%(name)s`` placeholders (a literal ``%`` is then written ``%%``),
+    e.g. ``SqlRule("vip only", "w.address LIKE %(domain)s", parameters={"domain": "%@vip.example"})``.
+    """
+
+    def __init__(self, reason: str, where: str, parameters: dict[str, Any] | None = None) -> None:
         if not reason or not where:
             raise CampaignError("SqlRule: give a reason and a where condition.")
         self.reason = reason
         self.where = where
+        self.parameters = parameters
+        sqlcheck.check_at_run([(sqlcheck.expression, f"SqlRule({reason!r}).where", where)], parameters)
 
     def condition(self, ctx: RuleContext) -> sql.Composable:
-        return sql.SQL(self.where)
+        return sqlcheck.expression(f"SqlRule({self.reason!r}).where", self.where, self.parameters)
 
 
 @dataclass

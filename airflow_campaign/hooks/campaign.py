@@ -99,6 +99,24 @@ class CampaignHook(PostgresHook):
         return count
 
     @staticmethod
+    def staging_record(conn: psycopg.Connection, schema: str, name: str) -> tuple[bool, int | None]:
+        """Whether ``schema.name`` is a staging table recorded in ``campaign.staging_tables`` of
+        this database, and the row count recorded with it.
+
+        The registry keys a table by its qualified name, ``campaign_staging.<table>``; a table of
+        another schema is never a staging table, whatever the registry holds.
+        """
+        if schema != STAGING_SCHEMA:
+            return False, None
+        row = conn.execute(
+            "SELECT row_count FROM campaign.staging_tables WHERE table_name = %s",
+            (f"{STAGING_SCHEMA}.{name}",),
+        ).fetchone()
+        if row is None:
+            return False, None
+        return True, None if row[0] is None else int(row[0])
+
+    @staticmethod
     def drop_staging(conn: psycopg.Connection, table: str) -> None:
         """Drop a staging table and forget it."""
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qualified(table)))

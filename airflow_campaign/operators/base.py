@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import psycopg
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 from psycopg import sql
 
-from airflow_campaign.errors import CampaignError
+from airflow_campaign import options
+from airflow_campaign.errors import CampaignError, shown
 from airflow_campaign.hooks.campaign import STAGING_SCHEMA, CampaignHook, staging_table_name
 from airflow_campaign.population import Population
 from airflow_campaign.schema.migrate import require_current
@@ -23,7 +25,7 @@ T = TypeVar("T")
 def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise at DAG-parse time when ``value`` is not one of ``choices``."""
     if value not in choices:
-        raise CampaignError(f"{option}={value!r} is not valid; use one of {list(choices)}.")
+        raise CampaignError(f"{option}={shown(value)} is not valid; use one of {list(choices)}.")
 
 
 def literal_choices(literal: Any) -> tuple[Any, ...]:
@@ -62,6 +64,41 @@ def sql_errors(option: str) -> Iterator[None]:
         ) from exc
 
 
+def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` followed, once the outermost ``__init__`` returns, by the option checks."""
+
+    @functools.wraps(init)
+    def wrapper(self: CampaignBaseOperator, *args: Any, **kwargs: Any) -> None:
+        depth = self.__dict__.get("_campaign_init_depth", 0)
+        if depth == 0:  # the options as the DAG author gave them, before any constructor reads them
+            kwargs.update(
+                options.run_checks(
+                    kwargs,
+                    type(self).all_option_checks(),
+                    rendered=False,
+                    template_fields=self.template_fields,
+                )
+            )
+        object.__setattr__(self, "_campaign_init_depth", depth + 1)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_campaign_init_depth", depth)
+
+    return wrapper
+
+
+def _checked_execute(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """``execute`` preceded by the option checks on the rendered values."""
+
+    @functools.wraps(execute)
+    def wrapper(self: CampaignBaseOperator, context: Any) -> Any:
+        self.check_options()
+        return execute(self, context)
+
+    return wrapper
+
+
 class CampaignBaseOperator(BaseOperator):
     """Base of every campaign operator.
 
@@ -71,14 +108,44 @@ class CampaignBaseOperator(BaseOperator):
     """
 
     ui_color = "#e3ecfa"
+    #: ``{option: check}`` (airflow_campaign.options), merged along the class hierarchy: run when
+    #: the operator is built (a templated value waits) and again on rendered values before execute.
+    option_checks: ClassVar[dict[str, options.Check]] = {
+        "campaign_conn_id": options.name,
+        "on_empty": options.choice(literal_choices(OnEmpty)),
+        "population": options.optional(options.population),
+        "primary": options.population,
+        "exclude": options.population,
+    }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _checked_init(cls.__dict__["__init__"])  # type: ignore[method-assign]
+        if "execute" in cls.__dict__:
+            cls.execute = _checked_execute(cls.__dict__["execute"])  # type: ignore[method-assign]
 
     def __init__(
         self, *, campaign_conn_id: str = "campaign_default", on_empty: OnEmpty = "continue", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        check_choice("on_empty", on_empty, literal_choices(OnEmpty))
         self.campaign_conn_id = campaign_conn_id
         self.on_empty = on_empty
+
+    @classmethod
+    def all_option_checks(cls) -> dict[str, options.Check]:
+        """``option_checks`` of this class and its bases (a subclass's entry wins)."""
+        checks: dict[str, options.Check] = {}
+        for klass in reversed(cls.__mro__):
+            checks.update(vars(klass).get("option_checks", {}))
+        return checks
+
+    def check_options(self) -> None:
+        """Check the rendered options (the attributes of the same names) before execute."""
+        checks = self.all_option_checks()
+        values = {o: getattr(self, o) for o in checks if hasattr(self, o)}
+        for option, value in options.run_checks(values, checks, rendered=True, template_fields=()).items():
+            setattr(self, option, value)
 
     def get_hook(self) -> CampaignHook:
         return CampaignHook(campaign_conn_id=self.campaign_conn_id)

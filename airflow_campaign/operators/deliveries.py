@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import psycopg
 import psycopg.rows
 from airflow.sdk.exceptions import AirflowSkipException
 from psycopg import sql
 
+from airflow_campaign import options as opt
 from airflow_campaign.delivery import engine, sender
 from airflow_campaign.delivery.recurrence import AggregationPeriod, OnBackfill, RunInfo, run_info
 from airflow_campaign.delivery.typology import Rule, Typology, email_typology
 from airflow_campaign.durations import parse_duration
-from airflow_campaign.errors import CampaignError
+from airflow_campaign.errors import CampaignError, shown
 from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import CampaignBaseOperator, check_choice, literal_choices, run_identity
 from airflow_campaign.population import Population
@@ -68,6 +69,20 @@ class DeliveryOperator(CampaignBaseOperator):
 
     channel_name = ""
     template_fields: Sequence[str] = ("population", "delivery", "service", "on_backfill")
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "delivery": opt.optional(opt.name),
+        "service": opt.optional(opt.name),
+        "address_column": opt.name,
+        "once_per_period": opt.flag,
+        "stale_after": opt.optional(opt.duration),
+        "rate_limit": opt.optional(opt.number(above=0)),
+        "shard": opt.optional(opt.integer(0)),
+        "max_in_doubt": opt.optional(opt.integer(1)),
+        "page_size": opt.integer(1, 100_000),
+        "max_retries": opt.integer(0, 100),
+        "max_error_rate": opt.optional(opt.number(0, 1)),
+    }
 
     def __init__(
         self,
@@ -429,6 +444,34 @@ def _unique_recipients(conn: psycopg.Connection, targets: str) -> int:
     return cur.rowcount
 
 
+DEFAULT_CHANNEL_OPTION = "[campaign] default_channel"
+
+
+def resolve_channel(channel: str | None, choices: Sequence[str]) -> str:
+    """``channel``, else the provider option ``[campaign] default_channel``; a delivery never
+    falls back to a channel nobody chose (the outbox would keep every message in files)."""
+    if channel is None:
+        from airflow.sdk import conf
+
+        configured = (conf.get("campaign", "default_channel", fallback=None) or "").strip()
+        if not configured:
+            raise CampaignError(
+                f"channel: not given, and the Airflow configuration option {DEFAULT_CHANNEL_OPTION} is not "
+                f"set; pass channel= one of {list(choices)} (channel='outbox' writes each message to a "
+                f"file, for demos and dry runs), or set {DEFAULT_CHANNEL_OPTION} "
+                "(AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL=smtp) where the DAGs are parsed and run."
+            )
+        if configured not in choices:
+            raise CampaignError(
+                f"{DEFAULT_CHANNEL_OPTION}={shown(configured)} (the channel of a delivery that does not pass "
+                f"channel=) is not one of {list(choices)}; fix the option (AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL) "
+                "or pass channel=."
+            )
+        return configured
+    check_choice("channel", channel, choices)
+    return channel
+
+
 def _try(context: Any) -> int:
     return int(getattr(context["ti"], "try_number", 1) or 1)
 
@@ -445,8 +488,9 @@ class EmailDeliveryOperator(DeliveryOperator):
     :param headers: extra headers carried by every message.
     :param marketing: a marketing email (default) must carry ``{{ unsubscribe_url }}``; its
         messages get ``List-Unsubscribe`` and one-click headers. ``False`` for transactional mail.
-    :param channel: ``"outbox"`` (default: one .eml file per message in a folder), ``"smtp"`` or
-        ``"ses"``.
+    :param channel: ``"smtp"``, ``"ses"`` or ``"outbox"`` (one .eml file per message in a folder,
+        for demos and dry runs). Required, unless the Airflow configuration option
+        ``[campaign] default_channel`` names one (``AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL``).
     :param channel_options: the channel's options, e.g. ``{"smtp_conn_id": "smtp_relay",
         "connections": 4}`` or ``{"folder": "/data/outbox"}`` (see docs/channels.md).
     :param unsubscribe_url: the unsubscribe page; each message links to it with a signed,
@@ -454,6 +498,8 @@ class EmailDeliveryOperator(DeliveryOperator):
     :param unsubscribe_key: where the signing key is: ``"variable:<name>"`` or
         ``"connection:<conn_id>"``.
     :param mirror_url: a page showing the email on the web, linked as ``{{ mirror_url }}``.
+    :param mirror_link_ttl: mirror links stop working this long after the send (e.g. ``"30d"``,
+        seconds or a timedelta); None (default): they do not expire. Unsubscribe links never expire.
     :param proof_to: send a proof (subject prefixed ``[PROOF]``) of the first recipients' messages
         to these addresses only; nothing goes to the population and the ledger is not touched.
 
@@ -464,6 +510,21 @@ class EmailDeliveryOperator(DeliveryOperator):
 
     channel_name = "email"
     ui_color = "#e0f3e3"
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "subject": opt.text,
+        "from_addr": opt.text,
+        "html": opt.optional(opt.text),
+        "text": opt.optional(opt.text),
+        "from_name": opt.optional(opt.text),
+        "reply_to": opt.optional(opt.text),
+        "headers": opt.optional(opt.string_mapping),
+        "marketing": opt.flag,
+        "channel_options": opt.optional(opt.mapping),
+        "unsubscribe_url": opt.optional(opt.text),
+        "mirror_url": opt.optional(opt.text),
+        "proof_to": opt.optional(opt.names),
+    }
 
     def __init__(
         self,
@@ -476,11 +537,12 @@ class EmailDeliveryOperator(DeliveryOperator):
         reply_to: str | None = None,
         headers: dict[str, str] | None = None,
         marketing: bool = True,
-        channel: EmailChannelName = "outbox",
+        channel: EmailChannelName | None = None,
         channel_options: dict[str, Any] | None = None,
         unsubscribe_url: str | None = None,
         unsubscribe_key: str = "variable:campaign_unsubscribe_key",
         mirror_url: str | None = None,
+        mirror_link_ttl: str | float | dt.timedelta | None = None,
         proof_to: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -488,25 +550,30 @@ class EmailDeliveryOperator(DeliveryOperator):
         from airflow_campaign.channels.email import email_channel_options
         from airflow_campaign.delivery.mime import MimeSkeleton, check_address
         from airflow_campaign.delivery.render import EmailContent, compile_email
+        from airflow_campaign.delivery.unsubscribe import check_base_url, link_ttl_seconds
 
-        check_choice("channel", channel, literal_choices(EmailChannelName))
-        unknown = sorted(set(channel_options or {}) - set(email_channel_options(channel)))
+        chosen = cast(EmailChannelName, resolve_channel(channel, literal_choices(EmailChannelName)))
+        unknown = sorted(set(channel_options or {}) - set(email_channel_options(chosen)))
         if unknown:
             raise CampaignError(
-                f"channel_options: {unknown} are not options of the {channel} channel; it takes "
-                f"{email_channel_options(channel)}."
+                f"channel_options: {unknown} are not options of the {chosen} channel; it takes "
+                f"{email_channel_options(chosen)}."
             )
         if marketing and not unsubscribe_url:
             raise CampaignError(
                 "unsubscribe_url: a marketing email needs the unsubscribe page's URL, e.g. "
                 "'https://example.com/unsubscribe' (or marketing=False for transactional mail)."
             )
-        from airflow_campaign.delivery.unsubscribe import check_base_url
-
         if unsubscribe_url:
             check_base_url("unsubscribe_url", unsubscribe_url)
         if mirror_url:
             check_base_url("mirror_url", mirror_url)
+        link_ttl_seconds(mirror_link_ttl)
+        if mirror_link_ttl is not None and not mirror_url:
+            raise CampaignError(
+                f"mirror_link_ttl={mirror_link_ttl!r}: there is no mirror link to expire; give mirror_url= "
+                "as well, or leave mirror_link_ttl out."
+            )
         self.content = EmailContent(
             subject=subject,
             from_addr=from_addr,
@@ -533,11 +600,12 @@ class EmailDeliveryOperator(DeliveryOperator):
         self.reply_to = reply_to
         self.headers = headers
         self.marketing = marketing
-        self.channel = channel
+        self.channel: EmailChannelName = chosen
         self.channel_options = dict(channel_options or {})
         self.unsubscribe_url = unsubscribe_url
         self.unsubscribe_key = unsubscribe_key
         self.mirror_url = mirror_url
+        self.mirror_link_ttl = mirror_link_ttl
         self.proof_to = list(proof_to or [])
 
     def settings(self) -> dict[str, Any]:
@@ -564,16 +632,17 @@ class EmailDeliveryOperator(DeliveryOperator):
     def make_composer(self, columns: Sequence[str], subject_prefix: str = "") -> engine.Composer:
         from airflow_campaign.delivery.email import EmailComposer
         from airflow_campaign.delivery.mime import MimeSkeleton
-        from airflow_campaign.delivery.unsubscribe import LinkSigner, load_key
+        from airflow_campaign.delivery.unsubscribe import LinkSigner, load_keys
 
         signer = None
         if self.unsubscribe_url:
             signer = LinkSigner(
-                load_key(self.unsubscribe_key),
+                load_keys(self.unsubscribe_key),
                 self._name,
                 self.unsubscribe_url,
                 service=self.service,
                 mirror_base_url=self.mirror_url,
+                mirror_ttl=self.mirror_link_ttl,
             )
         skeleton = MimeSkeleton.for_email(self.content, f"{self._name}/{self._run_key}")
         return EmailComposer(self.compiled, skeleton, self._name, self._run_key, signer, subject_prefix)

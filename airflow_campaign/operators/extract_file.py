@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
 
+from airflow_campaign import options as opt
+from airflow_campaign import sqlcheck
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.extract import (
     Compression,
@@ -79,10 +81,14 @@ class ExtractFileOperator(CampaignBaseOperator):
         ``"/data/out/newsletter_{{ ds_nodash }}.csv.gz"``.
     :param population: the population to write (XComArg, dict, Population, list of dicts or
         DataFrame). Give this or ``sql``.
-    :param sql: a SELECT whose rows to write (templated), instead of a population.
+    :param sql: a SELECT whose rows to write (templated), instead of a population; checked to be
+        one SELECT that reads only.
     :param format: ``"csv"``, ``"text"``, ``"jsonl"`` or ``"parquet"``.
     :param columns: the file's columns, in order: source column names, or
-        ``{"name": ..., "expr": SQL, "format": to_char pattern}`` dicts (templated). Default: every column.
+        ``{"name": ..., "expr": SQL, "format": to_char pattern}`` dicts (templated); each ``expr``
+        is checked to be one SQL expression. Default: every column.
+    :param parameters: values for ``%(name)s`` placeholders in ``sql`` and the columns' ``expr``
+        (one dict for all of them; a literal ``%`` is then written ``%%``).
     :param sort: ``["column", "other DESC"]``: the rows' order (by file or source columns).
     :param header: a first line with the column names (csv and text).
     :param delimiter: one ASCII character; default ``,`` (csv) or tab (text).
@@ -113,9 +119,20 @@ class ExtractFileOperator(CampaignBaseOperator):
         "date_format",
         "timestamp_format",
         "number_format",
+        "parameters",
     )
     template_ext: Sequence[str] = (".sql",)
     ui_color = "#e8f4e4"
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "path": opt.text,
+        "sql": opt.optional(opt.text),
+        "header": opt.flag,
+        "compression_level": opt.integer(0, 9),
+        "timestamp_in_name": opt.flag,
+        "skip_if_empty": opt.flag,
+        "aws_conn_id": opt.optional(opt.name),
+    }
 
     def __init__(
         self,
@@ -142,6 +159,7 @@ class ExtractFileOperator(CampaignBaseOperator):
         timestamp_in_name: bool = True,
         skip_if_empty: bool = True,
         aws_conn_id: str | None = "aws_default",
+        parameters: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,10 +207,21 @@ class ExtractFileOperator(CampaignBaseOperator):
         self.timestamp_in_name = timestamp_in_name
         self.skip_if_empty = skip_if_empty
         self.aws_conn_id = aws_conn_id
+        self.parameters = parameters
+        sqlcheck.check_at_parse(self.sql_options(), parameters, self.template_ext)
+
+    def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
+        """``sql`` and each column's ``expr``."""
+        out: list[tuple[sqlcheck.Check, str, Any]] = [(sqlcheck.query, "sql", self.sql)]
+        for i, spec in enumerate(self.columns if isinstance(self.columns, (list, tuple)) else []):
+            if isinstance(spec, Mapping):
+                out.append((sqlcheck.expression, f"columns[{i}].expr", spec.get("expr")))
+        return out
 
     def execute(self, context: Any) -> dict[str, Any]:
         when = run_time(context) if self.timestamp_in_name else None
         specs = _column_specs(self.columns)
+        sqlcheck.check_at_run(self.sql_options(), self.parameters)
 
         def work(conn: psycopg.Connection) -> dict[str, Any]:
             source, available = self._source(conn)
@@ -238,10 +267,10 @@ class ExtractFileOperator(CampaignBaseOperator):
             with sql_errors("population"):
                 names = [c.name for c in describe(conn, sql.SQL("SELECT * FROM {}").format(relation))]
             return relation, names
-        text = str(self.sql).strip().rstrip(";")
-        relation = sql.SQL("({})").format(sql.SQL(text))
+        query = sqlcheck.query("sql", self.sql, self.parameters)
+        relation = sql.SQL("({})").format(query)
         with sql_errors("sql"):
-            names = [c.name for c in describe(conn, sql.SQL(text))]
+            names = [c.name for c in describe(conn, query)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise CampaignError(
@@ -272,7 +301,7 @@ class ExtractFileOperator(CampaignBaseOperator):
         for i, spec in enumerate(specs):
             value: sql.Composable
             if spec.get("expr"):
-                value = sql.SQL("({})").format(sql.SQL(str(spec["expr"])))
+                value = sqlcheck.expression(f"columns[{i}].expr", spec["expr"], self.parameters)
             else:
                 value = sql.SQL("p.{}").format(sql.Identifier(spec["name"]))
             values[spec["name"]] = value

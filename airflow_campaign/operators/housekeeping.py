@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_campaign import options
 from airflow_campaign.durations import parse_duration
 from airflow_campaign.hooks.campaign import CampaignHook
 
@@ -31,12 +32,13 @@ class PruneStagingOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not (isinstance(older_than, str) and "{{" in older_than):
-            parse_duration(older_than, "older_than")  # fail at parse time, unless it is a template
+        if not options.templated(older_than):
+            options.duration("older_than", older_than)  # fail at parse time, unless it is a template
         self.older_than = older_than
         self.campaign_conn_id = campaign_conn_id
 
     def execute(self, context: Any) -> list[str]:
+        options.duration("older_than", self.older_than)  # a positive duration, once rendered
         seconds = parse_duration(self.older_than, "older_than")
         dropped = CampaignHook(campaign_conn_id=self.campaign_conn_id).prune_staging(seconds)
         self.log.info("dropped %d staging table(s) older than %s", len(dropped), self.older_than)

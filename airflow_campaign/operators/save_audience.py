@@ -9,16 +9,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import psycopg
 from airflow.sdk import Asset, AssetAlias
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from airflow_campaign import options as opt
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.extract import WriteResult, check_bucket, write_query
 from airflow_campaign.files import LINE_COLUMN, infer_format, load_raw
+from airflow_campaign.hooks.campaign import CampaignHook
 from airflow_campaign.operators.base import (
     CampaignBaseOperator,
     check_choice,
@@ -95,6 +97,7 @@ class _Audience:
     file_uri: str | None
     file_format: str | None
     row_count: int
+    file_path: str | None = None
 
 
 @dataclass
@@ -109,6 +112,7 @@ class SaveResult:
     resource: str
     uri: str | None = None
     export: str | None = None
+    path: str | None = None  # a file audience's path as given; ``uri`` is the version written
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -120,6 +124,7 @@ class SaveResult:
         }
         if self.uri is not None:
             out["uri"] = self.uri
+            out["path"] = self.path
         if self.export is not None:
             out["export"] = self.export
         return out
@@ -156,6 +161,13 @@ class SaveAudienceOperator(CampaignBaseOperator):
 
     template_fields: Sequence[str] = ("population", "audience", "path", "export_to")
     ui_color = "#d9f0e3"
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "path": opt.optional(opt.text),
+        "export_to": opt.optional(opt.text),
+        "aws_conn_id": opt.optional(opt.name),
+        "asset_alias": opt.optional(opt.text),
+    }
 
     def __init__(
         self,
@@ -219,7 +231,18 @@ class SaveAudienceOperator(CampaignBaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         name = self.audience_name(context)
-        result = self.run_in_transaction(lambda conn: self._save(conn, context, name))
+        self._written: str | None = None
+        self._replaced: str | None = None
+        try:
+            result = self.run_in_transaction(lambda conn: self._save(conn, context, name))
+        except BaseException:
+            if self._written:  # written but never published: no commit records it
+                remove_file(self._written, self.aws_conn_id, self.log)
+            raise
+        if self._replaced and self._replaced != result.uri:  # the version this save superseded
+            remove_file(self._replaced, self.aws_conn_id, self.log)
+        if result.uri and result.path:
+            prune_versions(result.path, keep=result.uri, aws_conn_id=self.aws_conn_id, log=self.log)
         self.emit_asset_event(context, result)
         self.log.info(
             "%s: %s audience %r has %d members (%d added, %d removed)%s",
@@ -258,7 +281,8 @@ class SaveAudienceOperator(CampaignBaseOperator):
         target = self._target_type(existing)
         if existing is not None and self.update == "complete":
             self._check_completable(name, existing, target, resource)
-        file_uri = self._file_uri(conn, name, existing) if target == "file" else None
+        file_path = self._file_uri(conn, name, existing) if target == "file" else None
+        file_uri = versioned(file_path) if file_path else None
         if self.export_to:
             _check_export_name(self.export_to)
             check_destination("export_to", self.export_to, self.aws_conn_id)
@@ -273,7 +297,8 @@ class SaveAudienceOperator(CampaignBaseOperator):
         previous = _previous_members(
             conn, name, existing, self.update == "complete", self.aws_conn_id, self.log
         )
-        audience_id = self._upsert_audience(conn, name, target, resource, file_uri)
+        self._check_key_type(conn, pop, rel, resource)
+        audience_id = self._upsert_audience(conn, name, target, resource, file_uri, file_path)
         save = _AudienceSave(
             conn, audience_id, pop, rel, resource.columns[resource.key], previous, self.update == "complete"
         )
@@ -282,7 +307,10 @@ class SaveAudienceOperator(CampaignBaseOperator):
             columns: list[str] | None = None
         else:
             assert file_uri is not None
+            self._written = file_uri
             size, added, removed, columns = save.write_file(existing, file_uri, self.aws_conn_id)
+        if existing is not None and existing.type == "file":
+            self._replaced = existing.file_uri
         added, removed = self._record_size(conn, audience_id, context, size, added, removed)
         conn.execute(
             "UPDATE campaign.audiences SET row_count = %s, columns = %s, updated_at = now() WHERE id = %s",
@@ -300,6 +328,7 @@ class SaveAudienceOperator(CampaignBaseOperator):
             removed=removed,
             resource=resource.name,
             uri=file_uri,
+            path=file_path,
             export=export,
         )
 
@@ -307,7 +336,7 @@ class SaveAudienceOperator(CampaignBaseOperator):
 
     def _existing(self, conn: psycopg.Connection, name: str, context: Any) -> _Audience | None:
         row = conn.execute(
-            "SELECT id, type, resource, key_column, file_uri, file_format, row_count"
+            "SELECT id, type, resource, key_column, file_uri, file_format, row_count, file_path"
             " FROM campaign.audiences WHERE name = %s FOR UPDATE",
             (name,),
         ).fetchone()
@@ -360,8 +389,8 @@ class SaveAudienceOperator(CampaignBaseOperator):
         """Where the file audience is written: ``path``, or the existing file audience's file."""
         if self.path:
             uri = self.path
-        elif existing is not None and existing.type == "file" and existing.file_uri:
-            uri = existing.file_uri
+        elif existing is not None and existing.type == "file" and (existing.file_path or existing.file_uri):
+            uri = existing.file_path or existing.file_uri or ""
         else:
             raise CampaignError(
                 f"path: audience {name!r} is saved as a file audience, so give path= for its file (a local "
@@ -369,7 +398,8 @@ class SaveAudienceOperator(CampaignBaseOperator):
             )
         _file_format("path", uri)
         shared = conn.execute(
-            "SELECT name FROM campaign.audiences WHERE file_uri = %s AND name <> %s LIMIT 1", (uri, name)
+            "SELECT name FROM campaign.audiences WHERE coalesce(file_path, file_uri) = %s AND name <> %s LIMIT 1",
+            (uri, name),
         ).fetchone()
         if shared:
             raise CampaignError(
@@ -379,18 +409,47 @@ class SaveAudienceOperator(CampaignBaseOperator):
         check_destination("path", uri, self.aws_conn_id)
         return uri
 
+    def _check_key_type(
+        self, conn: psycopg.Connection, pop: Population, rel: sql.Composable, resource: Resource
+    ) -> None:
+        """Every key of the population must be a valid key of the resource (a text key saved into
+        a profiles audience would only fail when the audience is read back)."""
+        key_type = resource.columns[resource.key]
+        if CampaignHook.relation_types(conn, rel).get(pop.key) == key_type:
+            return
+        key = sql.Identifier(pop.key)
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SELECT count(p.{k}::text::{t}) FROM {rel} p").format(
+                        k=key, t=sql.SQL(key_type), rel=rel
+                    )
+                )
+        except psycopg.errors.DataError as exc:
+            raise CampaignError(
+                f"population: its key {pop.key!r} holds a value that is not a {key_type} key of resource "
+                f"{resource.name!r} ({exc.diag.message_primary}). Nothing was written; keep only valid "
+                f"{resource.key} values upstream (or reconcile the rows with the resource first)."
+            ) from exc
+
     # ---- writing ----------------------------------------------------------------------------
 
     def _upsert_audience(
-        self, conn: psycopg.Connection, name: str, target: str, resource: Resource, file_uri: str | None
+        self,
+        conn: psycopg.Connection,
+        name: str,
+        target: str,
+        resource: Resource,
+        file_uri: str | None,
+        file_path: str | None,
     ) -> int:
         file_format = _file_format("path", file_uri) if file_uri else None
         row = conn.execute(
-            "INSERT INTO campaign.audiences (name, type, resource, key_column, file_uri, file_format)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET type = EXCLUDED.type,"
+            "INSERT INTO campaign.audiences (name, type, resource, key_column, file_uri, file_format, file_path)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET type = EXCLUDED.type,"
             " resource = EXCLUDED.resource, key_column = EXCLUDED.key_column, file_uri = EXCLUDED.file_uri,"
-            " file_format = EXCLUDED.file_format, updated_at = now() RETURNING id",
-            (name, target, resource.name, resource.key, file_uri, file_format),
+            " file_format = EXCLUDED.file_format, file_path = EXCLUDED.file_path, updated_at = now() RETURNING id",
+            (name, target, resource.name, resource.key, file_uri, file_format, file_path),
         ).fetchone()
         assert row is not None
         return int(row[0])
@@ -728,3 +787,64 @@ def check_destination(option: str, path: str, aws_conn_id: str | None) -> None:
         raise CampaignError(
             f"{option}={path!r}: the existing file is read-only for this worker; fix its permissions."
         )
+
+
+_VERSION = re.compile(r"\.v\d{8}T\d{6}\d{6}Z")
+
+
+def versioned(path: str) -> str:
+    """The name this save writes ``path`` under: ``gold.csv.gz`` -> ``gold.v20261202T050102123456Z.csv.gz``.
+
+    Readers read the version the audiences row names, so a file is published by the commit that
+    records it, never before.
+    """
+    folder, _, base = path.rpartition("/")
+    stem, dot, rest = base.partition(".")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ")
+    return f"{folder}{'/' if folder else ''}{stem}.{stamp}{dot}{rest}"
+
+
+def _version_pattern(path: str) -> tuple[str, re.Pattern[str]]:
+    folder, _, base = path.rpartition("/")
+    stem, dot, rest = base.partition(".")
+    return folder, re.compile(re.escape(stem) + _VERSION.pattern + re.escape(dot + rest) + "$")
+
+
+def remove_file(uri: str, aws_conn_id: str | None, log: Any) -> None:
+    """Delete a file audience's version (a local path or s3://); a failure is only logged."""
+    try:
+        if uri.startswith("s3://"):
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            bucket, _, key = uri.removeprefix("s3://").partition("/")
+            S3Hook(aws_conn_id=aws_conn_id).get_conn().delete_object(Bucket=bucket, Key=key)
+        elif os.path.exists(uri):
+            os.remove(uri)
+    except Exception as exc:  # the save itself is done; an old version left behind is only space
+        log.warning("could not remove %s (%s); remove it by hand", uri, exc)
+
+
+def prune_versions(path: str, *, keep: str, aws_conn_id: str | None, log: Any) -> None:
+    """Remove the versions of ``path`` other than ``keep`` (left by saves that died mid-way)."""
+    folder, pattern = _version_pattern(path)
+    try:
+        if path.startswith("s3://"):
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            bucket, _, prefix = folder.removeprefix("s3://").partition("/")
+            hook = S3Hook(aws_conn_id=aws_conn_id)
+            keys = hook.list_keys(bucket_name=bucket, prefix=f"{prefix}/" if prefix else "") or []
+            stale = [f"s3://{bucket}/{k}" for k in keys if pattern.match(k.rpartition("/")[2])]
+        else:
+            where = folder or "."
+            stale = (
+                [os.path.join(where, n) for n in os.listdir(where) if pattern.match(n)]
+                if os.path.isdir(where)
+                else []
+            )
+    except Exception as exc:
+        log.warning("could not list old versions of %s (%s)", path, exc)
+        return
+    for uri in stale:
+        if uri != keep and os.path.normpath(uri) != os.path.normpath(keep):
+            remove_file(uri, aws_conn_id, log)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from airflow_campaign import options as opt
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.hooks.campaign import CampaignHook
 from airflow_campaign.operators.base import (
@@ -64,6 +65,15 @@ class SubscriptionServicesOperator(CampaignBaseOperator):
     """
 
     template_fields: Sequence[str] = ("population", "service", "origin")
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "service": opt.optional(opt.name),
+        "service_column": opt.optional(opt.name),
+        "operation_column": opt.optional(opt.name),
+        "date_column": opt.optional(opt.name),
+        "origin": opt.optional(opt.text),
+        "origin_column": opt.optional(opt.name),
+    }
 
     def __init__(
         self,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import psycopg
 from psycopg import sql
 
+from airflow_campaign import options as opt
+from airflow_campaign import sqlcheck
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.files import FORMATS, LINE_COLUMN, infer_format, load_raw
 from airflow_campaign.hooks.campaign import CampaignHook, qualified
@@ -75,8 +77,12 @@ class QueryOperator(CampaignBaseOperator):
         ``r``), e.g. ``"loyalty_points DESC"``. With ``sql=``, or when ``distinct`` applies to a
         resource whose key is not unique, it orders the selected columns instead.
     :param sql: a whole SELECT instead of ``where``/``columns``; it must return the key column.
-    :param parameters: values for ``%(name)s`` placeholders in ``where`` or ``sql`` (a literal
-        ``%`` is then written ``%%``).
+    :param parameters: values for ``%(name)s`` placeholders in ``sql``, ``where``, ``additional``
+        and ``order_by`` (a literal ``%`` is then written ``%%``), e.g.
+        ``where="country = %(country)s", parameters={"country": "{{ dag_run.conf['country'] }}"}``.
+
+    Each SQL option is checked alone: ``where`` is one expression, ``additional`` a select list,
+    ``order_by`` an ORDER BY list and ``sql`` one SELECT that reads only.
     """
 
     template_fields: Sequence[str] = (
@@ -89,6 +95,19 @@ class QueryOperator(CampaignBaseOperator):
         "order_by",
     )
     template_ext: Sequence[str] = (".sql",)
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "resource": opt.name,
+        "key": opt.optional(opt.name),
+        "where": opt.optional(opt.text),
+        "columns": opt.optional(opt.names),
+        "additional": opt.optional(opt.text),
+        "distinct": opt.flag,
+        "limit": opt.optional(opt.integer(0)),
+        "order_by": opt.optional(opt.text),
+        "sql": opt.optional(opt.text),
+        "parameters": opt.optional(opt.mapping),
+    }
 
     def __init__(
         self,
@@ -122,6 +141,16 @@ class QueryOperator(CampaignBaseOperator):
         self.order_by = order_by
         self.sql = sql
         self.parameters = parameters
+        sqlcheck.check_at_parse(self.sql_options(), parameters, self.template_ext)
+
+    def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
+        """The SQL options, each with its check: run at DAG-parse time and again in execute()."""
+        return [
+            (sqlcheck.query, "sql", self.sql),
+            (sqlcheck.expression, "where", self.where),
+            (sqlcheck.select_list, "additional", self.additional),
+            (sqlcheck.order_list, "order_by", self.order_by),
+        ]
 
     def user_sql_option(self) -> str:
         """The option(s) holding user-written SQL, with the value when there is only one."""
@@ -138,13 +167,13 @@ class QueryOperator(CampaignBaseOperator):
         if self.sql:
             query: sql.Composable = sql.SQL(
                 "SELECT DISTINCT * FROM ({}) q" if self.distinct else "SELECT * FROM ({}) q"
-            ).format(sql.SQL(self.sql.strip().rstrip(";")))
+            ).format(sqlcheck.query("sql", self.sql, self.parameters))
             return self._limited(query, key)
         columns = self.selected_columns(resource)
         names = [resource.key] + [c for c in columns if c != resource.key]
         select_list: list[sql.Composable] = [_idents(names, "r")]
         if self.additional:
-            select_list.append(sql.SQL(self.additional))
+            select_list.append(sqlcheck.select_list("additional", self.additional, self.parameters))
         conditions = self.conditions(conn, resource, context)
         distinct = self.distinct and not _key_is_unique(conn, resource.table, resource.key)
         query = sql.SQL("SELECT {distinct}{select} FROM {table} r{where}").format(
@@ -163,7 +192,7 @@ class QueryOperator(CampaignBaseOperator):
         return self.columns
 
     def conditions(self, conn: psycopg.Connection, resource: Resource, context: Any) -> list[sql.Composable]:
-        return [sql.SQL("({})").format(sql.SQL(self.where))] if self.where else []
+        return [sqlcheck.expression("where", self.where, self.parameters)] if self.where else []
 
     def _limited(
         self, query: sql.Composable, tiebreak: sql.Composable, *, in_place: bool = False
@@ -175,7 +204,7 @@ class QueryOperator(CampaignBaseOperator):
         """
         if self.limit is None:
             return query
-        order = [sql.SQL(self.order_by)] if self.order_by else []
+        order = [sqlcheck.order_list("order_by", self.order_by, self.parameters)] if self.order_by else []
         clause = sql.SQL(" ORDER BY {} LIMIT {}").format(
             sql.SQL(", ").join([*order, tiebreak]), sql.Literal(self.limit)
         )
@@ -184,6 +213,8 @@ class QueryOperator(CampaignBaseOperator):
         return sql.SQL("SELECT * FROM ({}) l{}").format(query, clause)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        sqlcheck.check_at_run(self.sql_options(), self.parameters)
+
         def work(conn: psycopg.Connection) -> Population:
             resource = Resource.resolve(conn, self.resource, self.key)
             select = self.select_statement(conn, resource, context)
@@ -193,7 +224,6 @@ class QueryOperator(CampaignBaseOperator):
                 select,
                 key=resource.key,
                 resource=resource.name,
-                params=self.parameters,
                 option=self.user_sql_option(),
             )
             self.after_save(conn, pop, resource, context)
@@ -229,6 +259,11 @@ class IncrementalQueryOperator(QueryOperator):
     or reset the state with ``airflow-campaign incremental show|set|reset``.
     All other parameters are those of :class:`QueryOperator`.
     """
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "date_column": opt.optional(opt.name),
+        "initial_watermark": opt.optional(opt.timestamp),
+    }
 
     def __init__(
         self,
@@ -358,6 +393,12 @@ class ReadAudienceOperator(CampaignBaseOperator):
 
     template_fields: Sequence[str] = ("audience", "columns")
 
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "audience": opt.name,
+        "columns": opt.optional(opt.names),
+        "aws_conn_id": opt.optional(opt.name),
+    }
+
     def __init__(
         self,
         *,
@@ -455,6 +496,19 @@ class LoadFileOperator(CampaignBaseOperator):
     """
 
     template_fields: Sequence[str] = ("path", "columns", "reconcile_on", "types")
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "path": opt.text,
+        "columns": opt.optional(opt.names),
+        "types": opt.optional(opt.string_mapping),
+        "header": opt.flag,
+        "delimiter": opt.optional(opt.delimiter),
+        "encoding": opt.text,
+        "reconcile_on": opt.optional(opt.name_or_mapping),
+        "resource": opt.name,
+        "key": opt.optional(opt.name),
+        "aws_conn_id": opt.optional(opt.name),
+    }
 
     def __init__(
         self,
@@ -678,6 +732,11 @@ class _CombineOperator(CampaignBaseOperator):
 
     template_fields: Sequence[str] = ("populations", "on")
 
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "populations": opt.items,
+        "on": opt.optional(opt.names),
+    }
+
     def __init__(self, *, populations: Sequence[Any], on: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.populations = populations
@@ -744,6 +803,8 @@ class UnionOperator(_CombineOperator):
 
     The result carries the columns common to every input, in the first input's order.
     """
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {"limit": opt.optional(opt.integer(0))}
 
     def __init__(
         self,
@@ -867,12 +928,20 @@ class DeduplicationOperator(CampaignBaseOperator):
     :param keep: how many rows to keep per duplicate group (default 1).
     :param prefer: SQL ORDER BY list choosing the rows kept, e.g. ``"loyalty_points DESC"``;
         ties are broken by the key so the result is deterministic.
+    :param parameters: values for ``%(name)s`` placeholders in ``prefer`` (a literal ``%`` is then
+        written ``%%``).
 
     A row with a NULL in an ``on`` column is a duplicate of no other row (as in a UNIQUE
     constraint): deduplicating on ``email`` keeps every profile without an email.
     """
 
-    template_fields: Sequence[str] = ("population", "on", "prefer")
+    template_fields: Sequence[str] = ("population", "on", "prefer", "parameters")
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "on": opt.optional(opt.names),
+        "keep": opt.integer(1),
+        "prefer": opt.optional(opt.text),
+    }
 
     def __init__(
         self,
@@ -881,6 +950,7 @@ class DeduplicationOperator(CampaignBaseOperator):
         on: Sequence[str] | None = None,
         keep: int = 1,
         prefer: str | None = None,
+        parameters: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -890,13 +960,22 @@ class DeduplicationOperator(CampaignBaseOperator):
         self.on = list(on) if on else None
         self.keep = keep
         self.prefer = prefer
+        self.parameters = parameters
+        sqlcheck.check_at_parse(self.sql_options(), parameters)
+
+    def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
+        return [(sqlcheck.order_list, "prefer", self.prefer)]
 
     def execute(self, context: Any) -> dict[str, Any]:
+        sqlcheck.check_at_run(self.sql_options(), self.parameters)
+
         def work(conn: psycopg.Connection) -> Population:
             ((pop, rel),) = self.inputs(conn, [self.population], "population")
             on = self.on or [pop.key]
             _check_columns("on", on, pop.columns)
-            order: list[sql.Composable] = [sql.SQL(self.prefer)] if self.prefer else []
+            order: list[sql.Composable] = (
+                [sqlcheck.order_list("prefer", self.prefer, self.parameters)] if self.prefer else []
+            )
             order.append(sql.Identifier(pop.key))
             select = sql.SQL(
                 "SELECT {cols} FROM (SELECT p.*, row_number() OVER (PARTITION BY {on} ORDER BY {order}) AS _rn "
@@ -934,9 +1013,18 @@ class EnrichmentOperator(CampaignBaseOperator):
         (NULLs when missing); ``many``: one-to-many, and its ``columns`` must be aggregates
         (``{"subscriptions": "count(*)"}``). A ``one``/``optional`` join that matches several
         rows for a population row is an error.
+    :param parameters: values for ``%(name)s`` placeholders in any of the SQL above (one dict for
+        all of them; a literal ``%`` is then written ``%%``).
+
+    Each expression (a column, a join's ``on``) is checked alone to be one SQL expression.
     """
 
-    template_fields: Sequence[str] = ("population", "columns", "joins")
+    template_fields: Sequence[str] = ("population", "columns", "joins", "parameters")
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "columns": opt.optional(opt.string_mapping),
+        "joins": opt.optional(opt.list_of_mappings),
+    }
 
     def __init__(
         self,
@@ -944,12 +1032,14 @@ class EnrichmentOperator(CampaignBaseOperator):
         population: Any,
         columns: dict[str, str] | None = None,
         joins: Sequence[dict[str, Any]] | None = None,
+        parameters: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.population = population
         self.columns = dict(columns or {})
         self.joins = [dict(j) for j in joins or []]
+        self.parameters = parameters
         if not self.columns and not any(j.get("columns") for j in self.joins):
             raise CampaignError("columns/joins: give at least one column to add.")
         for i, join in enumerate(self.joins):
@@ -957,8 +1047,27 @@ class EnrichmentOperator(CampaignBaseOperator):
             if missing:
                 raise CampaignError(f"joins[{i}]: missing {missing}; each join needs table, alias and on.")
             check_choice(f"joins[{i}].kind", join.get("kind", "optional"), literal_choices(JoinKind))
+        sqlcheck.check_at_parse(self.sql_options(), parameters)
+
+    def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
+        """Every SQL expression of ``columns`` and ``joins``, named as errors name them."""
+        out: list[tuple[sqlcheck.Check, str, Any]] = []
+        if isinstance(self.columns, Mapping):
+            out += [(sqlcheck.expression, f"columns[{n!r}]", e) for n, e in self.columns.items()]
+        for i, join in enumerate(self.joins if isinstance(self.joins, list) else []):
+            if not isinstance(join, Mapping):
+                continue
+            out.append((sqlcheck.expression, f"joins[{i}].on", join.get("on")))
+            cols = join.get("columns") or {}
+            if isinstance(cols, Mapping):
+                out += [(sqlcheck.expression, f"joins[{i}].columns[{n!r}]", e) for n, e in cols.items()]
+        return out
+
+    def _expr(self, option: str, value: Any) -> sql.Composable:
+        return sqlcheck.expression(option, value, self.parameters)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        sqlcheck.check_at_run(self.sql_options(), self.parameters)
         pop = self.run_in_transaction(lambda conn: self._enrich(conn, context))
         self.log.info("%s: %d rows enriched with %d columns", self.task_id, pop.count, len(pop.columns))
         return pop.to_dict()
@@ -966,7 +1075,9 @@ class EnrichmentOperator(CampaignBaseOperator):
     def _enrich(self, conn: psycopg.Connection, context: Any) -> Population:
         ((pop, rel),) = self.inputs(conn, [self.population], "population")
         added: dict[str, sql.Composable] = {}
-        _add_columns(added, "columns", {n: sql.SQL(e) for n, e in self.columns.items()}, pop)
+        _add_columns(
+            added, "columns", {n: self._expr(f"columns[{n!r}]", e) for n, e in self.columns.items()}, pop
+        )
         froms: list[sql.Composable] = [sql.SQL("{} p").format(rel)]
         if pop.resource:
             resource = Resource.resolve(conn, pop.resource, pop.key)
@@ -984,11 +1095,13 @@ class EnrichmentOperator(CampaignBaseOperator):
                     "name an existing one as 'schema.table'."
                 )
             table = qualified(join["table"])
-            on = sql.SQL(join["on"])
-            cols = dict(join.get("columns") or {})
+            on = self._expr(f"joins[{i}].on", join["on"])
+            cols = {
+                n: self._expr(f"joins[{i}].columns[{n!r}]", e) for n, e in (join.get("columns") or {}).items()
+            }
             if kind == "many":
                 inner = sql.SQL(", ").join(
-                    sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(n)) for n, e in cols.items()
+                    sql.SQL("{} AS {}").format(e, sql.Identifier(n)) for n, e in cols.items()
                 )
                 if self._has_one_join():
                     # ``one`` joins drop rows, so the output count cannot tell: probe this join
@@ -1028,7 +1141,7 @@ class EnrichmentOperator(CampaignBaseOperator):
                     sql.SQL("JOIN" if kind == "one" else "LEFT JOIN"), table, alias, on
                 )
             )
-            _add_columns(added, f"joins[{i}].columns", {n: sql.SQL(e) for n, e in cols.items()}, pop)
+            _add_columns(added, f"joins[{i}].columns", cols, pop)
         select = sql.SQL("SELECT p.*, {} FROM {}").format(
             sql.SQL(", ").join(sql.SQL("{} AS {}").format(e, sql.Identifier(n)) for n, e in added.items()),
             sql.SQL(" ").join(froms),
@@ -1088,12 +1201,22 @@ class SegmentationOperator(CampaignBaseOperator):
     :param complement: add a segment with the rows no segment took (default True).
     :param complement_code: the complement's code (default ``"others"``).
     :param seed: random seed (default: the run id, so a retry draws the same rows).
+    :param parameters: values for ``%(name)s`` placeholders in the segments' ``where`` and
+        ``order_by`` (one dict for all of them; a literal ``%`` is then written ``%%``).
 
     Each segment is a population with a ``segment_code`` column, pushed to XCom under its code;
     the return value maps codes to populations.
     """
 
-    template_fields: Sequence[str] = ("population", "segments", "seed")
+    template_fields: Sequence[str] = ("population", "segments", "seed", "parameters")
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "segments": opt.list_of_mappings,
+        "overlap": opt.flag,
+        "complement": opt.flag,
+        "complement_code": opt.text,
+        "seed": opt.optional(opt.one_of(opt.integer(), opt.text)),
+    }
 
     def __init__(
         self,
@@ -1104,11 +1227,13 @@ class SegmentationOperator(CampaignBaseOperator):
         complement: bool = True,
         complement_code: str = "others",
         seed: str | None = None,
+        parameters: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.population = population
         self.segments = [dict(s) for s in segments]
+        self.parameters = parameters
         self.overlap = overlap
         self.complement = complement
         self.complement_code = complement_code
@@ -1141,8 +1266,19 @@ class SegmentationOperator(CampaignBaseOperator):
                 raise CampaignError(
                     f"segments[{i}].limit={limit!r}: give a whole number >= 0, or leave it out for no limit."
                 )
+        sqlcheck.check_at_parse(self.sql_options(), parameters)
+
+    def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
+        """Each segment's ``where`` and ``order_by``."""
+        out: list[tuple[sqlcheck.Check, str, Any]] = []
+        for i, seg in enumerate(self.segments if isinstance(self.segments, list) else []):
+            if isinstance(seg, Mapping):
+                out.append((sqlcheck.expression, f"segments[{i}].where", seg.get("where")))
+                out.append((sqlcheck.order_list, f"segments[{i}].order_by", seg.get("order_by")))
+        return out
 
     def execute(self, context: Any) -> dict[str, Any]:
+        sqlcheck.check_at_run(self.sql_options(), self.parameters)
         outputs = self.run_in_transaction(lambda conn: self._split(conn, context))
         for code, pop in outputs.items():
             context["ti"].xcom_push(key=code, value=pop.to_dict())
@@ -1168,11 +1304,15 @@ class SegmentationOperator(CampaignBaseOperator):
                     sql.Literal(f"{seed}/{seg['code']}/"), sql.Identifier(pop.key)
                 )
             elif seg.get("order_by"):
-                order = sql.SQL("{}, w._rid").format(sql.SQL(seg["order_by"]))
+                order = sql.SQL("{}, w._rid").format(
+                    sqlcheck.order_list(f"segments[{i}].order_by", seg["order_by"], self.parameters)
+                )
             else:
                 order = sql.SQL("w._rid")
             conds: list[sql.Composable] = (
-                [sql.SQL("({})").format(sql.SQL(seg["where"]))] if seg.get("where") else [sql.SQL("true")]
+                [sqlcheck.expression(f"segments[{i}].where", seg["where"], self.parameters)]
+                if seg.get("where")
+                else [sql.SQL("true")]
             )
             if not self.overlap:
                 conds.append(sql.SQL("NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid)"))

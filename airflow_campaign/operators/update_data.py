@@ -7,11 +7,13 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import psycopg
 from psycopg import sql
 
+from airflow_campaign import options as opt
+from airflow_campaign import sqlcheck
 from airflow_campaign.errors import CampaignError
 from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import (
@@ -22,7 +24,7 @@ from airflow_campaign.operators.base import (
     sql_errors,
 )
 from airflow_campaign.population import Population
-from airflow_campaign.resources import Resource
+from airflow_campaign.resources import Resource, check_not_protected
 
 Operation = Literal["upsert", "insert", "update", "delete"]
 Rejects = Literal["fail", "skip", "output"]
@@ -79,7 +81,11 @@ class UpdateDataOperator(CampaignBaseOperator):
     :param fields: ``{destination_column: value}``; a value is a population column name, an SQL
         expression over ``src`` (the population row) and ``dest`` (the existing row), or
         ``{"value": ..., "when": SQL condition}`` to change the column only when the condition
-        holds. Default: every population column whose name is a destination column.
+        holds. Default: every population column whose name is a destination column. Each
+        expression and condition is checked alone to be one SQL expression.
+    :param parameters: values for ``%(name)s`` placeholders in the ``fields`` expressions and
+        conditions (one dict for all of them; a literal ``%`` is then written ``%%``), e.g.
+        ``fields={"tier": "%(tier)s"}, parameters={"tier": "{{ dag_run.conf['tier'] }}"}``.
     :param batch_size: commit every ``batch_size`` rows (in key order); a retried try resumes
         after the last committed batch. Default: one transaction for everything.
     :param rejects: rows that cannot be written (missing key, a value that does not convert to
@@ -93,8 +99,17 @@ class UpdateDataOperator(CampaignBaseOperator):
         ``fields`` does not map it, to the time of the write (default True).
     """
 
-    template_fields: Sequence[str] = ("population", "table", "resource", "keys", "fields")
+    template_fields: Sequence[str] = ("population", "table", "resource", "keys", "fields", "parameters")
     ui_color = "#fde9c9"
+
+    option_checks: ClassVar[dict[str, opt.Check]] = {
+        "table": opt.optional(opt.name),
+        "resource": opt.optional(opt.name),
+        "keys": opt.optional(opt.names_or_mapping),
+        "fields": opt.optional(opt.mapping),
+        "batch_size": opt.optional(opt.integer(1)),
+        "set_updated_at": opt.flag,
+    }
 
     def __init__(
         self,
@@ -109,6 +124,7 @@ class UpdateDataOperator(CampaignBaseOperator):
         rejects: Rejects = "fail",
         duplicates: Duplicates = "fail",
         set_updated_at: bool = True,
+        parameters: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -147,10 +163,27 @@ class UpdateDataOperator(CampaignBaseOperator):
         self.rejects = rejects
         self.duplicates = duplicates
         self.set_updated_at = set_updated_at
+        self.parameters = parameters
+        sqlcheck.check_at_parse(self.sql_options(), parameters)
+
+    def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
+        """The ``fields`` expressions and conditions, checked before the population is read.
+
+        A value that could name a population column (``"First Name"``) is no SQL if it does:
+        it is checked once the population's columns are known (in ``_fields``).
+        """
+        out: list[tuple[sqlcheck.Check, str, Any]] = []
+        for name, spec in self.fields.items() if isinstance(self.fields, Mapping) else ():
+            value, when = (spec.get("value"), spec.get("when")) if isinstance(spec, Mapping) else (spec, None)
+            if not _maybe_column(value):
+                out.append((sqlcheck.expression, f"fields[{name!r}]", value))
+            out.append((sqlcheck.expression, f"fields[{name!r}].when", when))
+        return out
 
     # ---- execution ------------------------------------------------------------------------
 
     def execute(self, context: Any) -> dict[str, Any]:
+        sqlcheck.check_at_run(self.sql_options(), self.parameters)
         if self.batch_size is None:
             result = self.run_in_transaction(lambda conn: self._write_at_once(conn, context))
         else:
@@ -216,15 +249,18 @@ class UpdateDataOperator(CampaignBaseOperator):
             started, first = time.monotonic(), done
             while done < total:
                 upper = min(done + self.batch_size, total)
-                with conn.transaction():
-                    batch = self._apply(conn, plan, work, (done, upper), upper - done)
-                    for name, value in batch.items():
-                        counts[name] += value
-                    conn.execute(
-                        "UPDATE campaign.update_progress SET done_through = %s, counts = %s, updated_at = now()"
-                        " WHERE dag_id = %s AND task_id = %s AND run_id = %s AND map_index = %s",
-                        (upper, json.dumps({**progress["counts"], **counts}), *ident.values()),
-                    )
+                try:
+                    with conn.transaction():
+                        batch = self._apply(conn, plan, work, (done, upper), upper - done)
+                        for name, value in batch.items():
+                            counts[name] += value
+                        conn.execute(
+                            "UPDATE campaign.update_progress SET done_through = %s, counts = %s, updated_at = now()"
+                            " WHERE dag_id = %s AND task_id = %s AND run_id = %s AND map_index = %s",
+                            (upper, json.dumps({**progress["counts"], **counts}), *ident.values()),
+                        )
+                except CampaignError as exc:
+                    raise CampaignError(_batch_failed(str(exc), done, upper, total)) from exc
                 done = upper
                 _log_progress(self.log, self.task_id, done - first, total - first, started)
             with conn.transaction():
@@ -244,6 +280,7 @@ class UpdateDataOperator(CampaignBaseOperator):
         """Resolve the destination, keys and fields; a clear error for anything unknown."""
         if self.table:
             table = self.table if "." in self.table else f"public.{self.table}"
+            check_not_protected(conn, "table", self.table, table)
             columns = dict(CampaignHook.columns_of(conn, table))
             if not columns:
                 raise CampaignError(
@@ -346,12 +383,14 @@ class UpdateDataOperator(CampaignBaseOperator):
         for column, spec in mapped.items():
             value, when = (spec["value"], spec.get("when")) if isinstance(spec, Mapping) else (spec, None)
             plain = value if value in pop.columns else None
+            option = f"fields[{column!r}]"
             expr: sql.Composable = (
                 sql.SQL("src.{}").format(sql.Identifier(value))
                 if plain
-                else sql.SQL("({})").format(sql.SQL(value))
+                else sqlcheck.expression(option, value, self.parameters)
             )
-            out.append(Field(column, expr, plain, sql.SQL("({})").format(sql.SQL(when)) if when else None))
+            condition = sqlcheck.expression(f"{option}.when", when, self.parameters) if when else None
+            out.append(Field(column, expr, plain, condition))
         return out
 
     def _signature(self, conn: psycopg.Connection, pop: Population) -> str:
@@ -738,6 +777,15 @@ class UpdateDataOperator(CampaignBaseOperator):
 # ---- helpers ----------------------------------------------------------------------------------
 
 
+def _maybe_column(value: Any) -> bool:
+    """Whether ``value`` could name a population column rather than be SQL (nothing SQL-only in it)."""
+    return (
+        isinstance(value, str)
+        and value.strip() == value
+        and not any(mark in value for mark in (";", "(", ")", "'", '"', "--", "/*", "%"))
+    )
+
+
 def _distinct(old: list[sql.Composable], new: list[sql.Composable]) -> sql.Composable:
     """``(old...) IS DISTINCT FROM (new...)``, written so one column works too."""
     if len(old) == 1:
@@ -803,3 +851,15 @@ def _log_progress(log: Any, task_id: str, done: int, total: int, started: float)
     rate = done / elapsed
     eta = (total - done) / rate if rate else 0.0
     log.info("%s: %d/%d rows (%.0f rows/s, ETA %.0fs)", task_id, done, total, rate, eta)
+
+
+def _batch_failed(message: str, done: int, upper: int, total: int) -> str:
+    """A batch's error, saying what earlier batches committed (the batch itself rolled back)."""
+    if done == 0:
+        return message
+    message = message.replace("Nothing was written; ", "").replace("Nothing was written. ", "")
+    return (
+        f"{message} Rows 1 to {done:,} of {total:,} were written and committed by earlier batches; rows "
+        f"{done + 1:,} to {upper:,} (this batch) were rolled back. A retry with the same input resumes after "
+        f"row {done:,}; clear the task after fixing the cause."
+    )

@@ -192,3 +192,35 @@ def test_rule_arguments_are_checked():
         ControlGroup()
     with pytest.raises(CampaignError, match=r"SizeLimit\(size=-1\)"):
         SizeLimit(-1)
+
+
+def test_own_rules_take_parameters(people):
+    typology = Typology(
+        [
+            SqlRule("test domain", "w.address LIKE %(pattern)s", parameters={"pattern": "%@example.com"}),
+        ]
+    )
+    occ, _ = prepare(people, typology, name="param_rule")
+    excluded = {k for k, (s, r) in statuses(people, occ).items() if r == "test domain"}
+    assert excluded == {o for o, (email, _, _) in PEOPLE.items() if email and email.endswith("@example.com")}
+    # a hostile value is a value: it matches no address and runs nothing
+    typology = Typology(
+        [
+            SqlRule("exact", "w.address = %(a)s", parameters={"a": "x') OR true --"}),
+            SizeLimit(2, order_by="w.address = %(first)s DESC", parameters={"first": "ok9@example.com"}),
+        ]
+    )
+    occ, _ = prepare(people, typology, name="param_rule_2")
+    got = statuses(people, occ)
+    assert not any(r == "exact" for _, r in got.values())
+    assert got[9] == ("pending", None)
+    assert sum(1 for s, _ in got.values() if s == "pending") == 2
+
+
+def test_own_rules_are_one_expression():
+    with pytest.raises(
+        CampaignError, match=r"SqlRule\('x'\)\.where='true\) OR \(true': closes a parenthesis"
+    ):
+        SqlRule("x", "true) OR (true")
+    with pytest.raises(CampaignError, match=r"SizeLimit\(order_by\)='w.address; DROP TABLE t': has a ';'"):
+        SizeLimit(1, order_by="w.address; DROP TABLE t")

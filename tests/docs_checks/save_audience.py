@@ -64,7 +64,11 @@ def check_save_audience(db: psycopg.Connection) -> None:
 
     # the file audience: one row per member with the population's columns
     as_file = run.xcom("save_loyal_file")
-    assert re.fullmatch(re.escape(out) + r"/audiences/docs_loyal_customers_\d{8}\.csv", as_file["uri"])
+    assert re.fullmatch(re.escape(out) + r"/audiences/docs_loyal_customers_\d{8}\.csv", as_file["path"])
+    # written under a version of that path, which the audience row names
+    assert re.fullmatch(
+        re.escape(out) + r"/audiences/docs_loyal_customers_\d{8}\.v\d{8}T\d{12}Z\.csv", as_file["uri"]
+    )
     with open(as_file["uri"], encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     assert lines[0] == "id,email,first_name"

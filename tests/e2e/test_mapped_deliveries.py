@@ -33,6 +33,7 @@ DAG = textwrap.dedent(
             html='<p>Hi {{ first_name }}</p><a href="{{ unsubscribe_url }}">Stop</a>',
             from_addr="news@example.com",
             unsubscribe_url="https://example.com/unsubscribe",
+            channel="outbox",
         ).expand(population=cohorts())
     """
 )

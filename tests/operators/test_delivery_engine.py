@@ -76,6 +76,7 @@ def email_op(scratch, population, **kwargs) -> EmailDeliveryOperator:
         "html": HTML,
         "from_addr": "news@example.com",
         "unsubscribe_url": "https://example.com/unsubscribe",
+        "channel": "outbox",
         "campaign_conn_id": scratch.conn_id,
     }
     options.update(kwargs)

@@ -52,6 +52,7 @@ def operator(scratch, pop, folder, **kwargs):
         "from_addr": "news@example.com",
         "from_name": "Example News",
         "unsubscribe_url": "https://example.com/unsubscribe",
+        "channel": "outbox",
         "channel_options": {"folder": str(folder)},
         "campaign_conn_id": scratch.conn_id,
         **kwargs,

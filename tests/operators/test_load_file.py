@@ -176,7 +176,7 @@ def test_latin1_read_as_utf8_says_which_encoding_to_pass(db, context, tmp_path):
     body = tmp_path / "body.csv"
     body.write_bytes("id,name\n1,Zoë\n".encode("latin-1"))
     with pytest.raises(
-        CampaignError, match=r"path='.*body.csv': malformed csv at line 2 \(invalid byte sequence"
+        CampaignError, match=r"path='.*body.csv': not valid utf-8 text at line 2 .*encoding='latin-1'"
     ):
         LoadFileOperator(task_id="enc", path=str(body)).execute(ctx)
     assert staged(db, ctx) == []
@@ -439,6 +439,6 @@ def test_an_unnamed_header_field_is_refused(db, context, tmp_path):
     path = tmp_path / "trailing.csv"
     path.write_text("id,name,\n1,Ann,\n")
     ctx = context("unnamed")
-    with pytest.raises(CampaignError, match=r"columns: field\(s\) \[3\] of the header have no name"):
+    with pytest.raises(CampaignError, match=r"columns: field\(s\) \[3\] of the header of .* have no name"):
         LoadFileOperator(task_id="unnamed", path=str(path)).execute(ctx)
     assert staged(db, ctx) == []

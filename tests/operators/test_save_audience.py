@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -432,6 +434,17 @@ def lines(path) -> list[str]:
     return data.decode("utf-8").splitlines()
 
 
+def published(db, name: str = "loyal") -> Path:
+    """The file a file audience's readers read: the version its row names."""
+    return Path(audience(db, name)["file_uri"])
+
+
+def versions(path: Path) -> list[str]:
+    """The versions of a file audience's ``path`` on disk (a save writes ``stem.v<UTC stamp>.ext``)."""
+    stem, _, rest = path.name.partition(".")
+    return sorted(p.name for p in path.parent.glob(f"{stem}.v*.{rest}"))
+
+
 def s3_lines(s3, bucket: str, key: str) -> list[str]:
     data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     if key.endswith(".gz"):
@@ -452,15 +465,18 @@ def test_file_audience_writes_the_population_and_registers_it(scratch, context, 
         "size": 3,
         "added": 3,
         "removed": 0,
-        "uri": str(path),
+        "uri": str(published(db)),
+        "path": str(path),
     }
+    assert published(db).name.startswith("loyal.v") and published(db).suffix == ".csv"
+    assert not path.exists(), "the file is written under its version's name, never at the bare path"
     emails = dict(db.execute("SELECT id, email FROM campaign.profiles WHERE id IN (3, 12, 100)").fetchall())
-    assert lines(path) == ["id,email", *(f"{i},{emails[i]}" for i in (3, 12, 100))]
+    assert lines(published(db)) == ["id,email", *(f"{i},{emails[i]}" for i in (3, 12, 100))]
     assert audience(db, "loyal") == {
         "type": "file",
         "resource": "profiles",
         "key_column": "id",
-        "file_uri": str(path),
+        "file_uri": str(published(db)),
         "file_format": "csv",
         "columns": ["id", "email"],
         "row_count": 3,
@@ -479,7 +495,7 @@ def test_file_audience_formats_round_trip(scratch, context, tmp_path, name):
     assert audience(scratch.db, "loyal")["file_format"] == name.split(".")[1]
     assert read_back(scratch, context, "loyal") == [2, 9]
     if name == "a.tsv":
-        assert lines(path) == ["id\tscore", "2\t1.5", "9\t0.5"]
+        assert lines(published(scratch.db)) == ["id\tscore", "2\t1.5", "9\t0.5"]
 
 
 @pytest.mark.parametrize("name", ["a.csv", "a.parquet"])
@@ -489,7 +505,8 @@ def test_an_emptied_file_audience_reads_back_empty(scratch, context, tmp_path, n
     out = save(scratch, context, run_id="r2", population=[])
     assert (out["size"], out["added"], out["removed"]) == (0, 0, 2)
     if name == "a.csv":
-        assert lines(path) == ["id"]
+        assert lines(published(scratch.db)) == ["id"]
+    assert versions(path) == [published(scratch.db).name], "the first save's version was pruned"
     assert read_back(scratch, context, "loyal") == []
 
 
@@ -497,23 +514,27 @@ def test_file_audience_on_s3(scratch, context, s3):
     s3.create_bucket(Bucket="aud-files")
     uri = "s3://aud-files/audiences/loyal.csv.gz"
     out = save(scratch, context, population=people(20, 3), path=uri)
-    assert (out["uri"], out["size"]) == (uri, 2)
-    assert s3_lines(s3, "aud-files", "audiences/loyal.csv.gz") == ["id", "3", "20"]
+    assert (out["path"], out["size"]) == (uri, 2)
+    assert re.fullmatch(r"s3://aud-files/audiences/loyal\.v\d{8}T\d{12}Z\.csv\.gz", out["uri"])
+    assert s3_lines(s3, "aud-files", out["uri"].removeprefix("s3://aud-files/")) == ["id", "3", "20"]
     assert read_back(scratch, context, "loyal") == [3, 20]
 
 
 def test_replace_rewrites_the_file_audience_in_place(scratch, context, tmp_path):
     path = tmp_path / "loyal.csv"
     save(scratch, context, run_id="r1", population=people(1, 2, 3), path=str(path))
+    first = published(scratch.db)
     out = save(scratch, context, run_id="r2", population=people(3, 4))
-    assert (out["type"], out["uri"], out["size"], out["added"], out["removed"]) == (
+    assert (out["type"], out["path"], out["size"], out["added"], out["removed"]) == (
         "file",
         str(path),
         2,
         1,
         2,
     )
-    assert lines(path) == ["id", "3", "4"]
+    assert out["uri"] == str(published(scratch.db)) != str(first)
+    assert lines(published(scratch.db)) == ["id", "3", "4"]
+    assert versions(path) == [published(scratch.db).name], "the replaced version is removed after the commit"
 
 
 def test_complete_adds_to_a_file_audience_keeping_its_rows(scratch, context, tmp_path):
@@ -534,7 +555,7 @@ def test_complete_adds_to_a_file_audience_keeping_its_rows(scratch, context, tmp
     )
     assert (out["size"], out["added"], out["removed"]) == (3, 1, 0)
     # the population's rows, then the old rows it lacks; columns of both; numeric key order
-    assert lines(path) == ["id,tier,note", "1,,a", "2,gold,", "10,new,"]
+    assert lines(published(scratch.db)) == ["id,tier,note", "1,,a", "2,gold,", "10,new,"]
     assert audience(scratch.db, "loyal")["columns"] == ["id", "tier", "note"]
     assert read_back(scratch, context, "loyal") == [1, 2, 10]
 
@@ -542,23 +563,23 @@ def test_complete_adds_to_a_file_audience_keeping_its_rows(scratch, context, tmp
 def test_complete_needs_the_old_file(scratch, context, tmp_path):
     path = tmp_path / "loyal.csv"
     save(scratch, context, run_id="r1", population=people(1), path=str(path))
-    path.unlink()
+    published(scratch.db).unlink()
     before = snapshot(scratch.db)
     with pytest.raises(
         CampaignError, match=r"update='complete': the file of audience 'loyal' .* cannot be read"
     ):
         save(scratch, context, run_id="r2", population=people(2), update="complete")
     assert snapshot(scratch.db) == before
-    assert not path.exists()
+    assert versions(path) == []
 
 
 def test_replace_when_the_old_file_is_gone_counts_its_members_removed(scratch, context, tmp_path):
     path = tmp_path / "loyal.csv"
     save(scratch, context, run_id="r1", population=people(1, 2), path=str(path))
-    path.unlink()
+    published(scratch.db).unlink()
     out = save(scratch, context, run_id="r2", population=people(2, 3))
     assert (out["size"], out["added"], out["removed"]) == (2, 2, 2)
-    assert lines(path) == ["id", "2", "3"]
+    assert lines(published(scratch.db)) == ["id", "2", "3"]
 
 
 def test_replace_turns_a_list_audience_into_a_file_audience_and_back(scratch, context, tmp_path):
@@ -568,14 +589,14 @@ def test_replace_turns_a_list_audience_into_a_file_audience_and_back(scratch, co
     out = save(scratch, context, run_id="r2", population=people(2, 3, 4), type="file", path=str(path))
     assert (out["type"], out["size"], out["added"], out["removed"]) == ("file", 3, 1, 1)
     assert members(db, "loyal") == []
-    assert lines(path) == ["id", "2", "3", "4"]
+    assert lines(published(db)) == ["id", "2", "3", "4"]
     out = save(scratch, context, run_id="r3", population=people(4, 5), type="list")
     assert (out["type"], out["size"], out["added"], out["removed"]) == ("list", 2, 1, 2)
     assert "uri" not in out
     row = audience(db, "loyal")
     assert (row["type"], row["file_uri"], row["file_format"]) == ("list", None, None)
     assert members(db, "loyal") == [4, 5]
-    assert lines(path) == ["id", "2", "3", "4"]  # the old file is left where it was
+    assert versions(path) == []  # the file no row names any more is removed after the commit
 
 
 def test_complete_with_another_type_fails_naming_both(scratch, context, tmp_path):
@@ -613,7 +634,7 @@ def test_two_audiences_cannot_share_a_file(scratch, context, tmp_path):
         population=people(1),
         path=str(path),
     )
-    before = (snapshot(scratch.db), lines(path))
+    before = (snapshot(scratch.db), versions(path))
     later = run_context(context, run_id="r2", logical_date=MONDAY + dt.timedelta(days=7))
     with pytest.raises(
         CampaignError, match=r"path='.*weekly.csv' is already the file of audience 'weekly_20260302T063000'"
@@ -627,7 +648,7 @@ def test_two_audiences_cannot_share_a_file(scratch, context, tmp_path):
             population=people(2),
             path=str(path),
         )
-    assert (snapshot(scratch.db), lines(path)) == before
+    assert (snapshot(scratch.db), versions(path)) == before
 
 
 def test_unwritable_path_fails_before_anything_is_written(scratch, context, tmp_path):
@@ -690,13 +711,13 @@ def test_export_to_s3(scratch, context, s3):
 def test_export_to_a_missing_bucket_fails_before_anything_is_written(scratch, context, s3, tmp_path):
     path = tmp_path / "loyal.csv"
     save(scratch, context, run_id="r1", population=people(1), path=str(path))
-    before = (snapshot(scratch.db), lines(path))
+    before = (snapshot(scratch.db), versions(path))
     with pytest.raises(
         CampaignError,
         match=r"export_to='s3://no-such-bucket/keys.csv': the bucket 'no-such-bucket' does not exist",
     ):
         save(scratch, context, run_id="r2", population=people(2), export_to="s3://no-such-bucket/keys.csv")
-    assert (snapshot(scratch.db), lines(path)) == before
+    assert (snapshot(scratch.db), versions(path)) == before
 
 
 def test_export_to_an_unwritable_path_fails_before_anything_is_written(scratch, context, tmp_path):
@@ -734,7 +755,7 @@ def test_a_file_audience_is_the_asset_event_uri(scratch, context, tmp_path):
     op.execute(ctx)
     extra = ctx["outlet_events"][Asset("campaign://audience/loyal")].extra
     assert (extra["uri"], extra["export"], extra["size"]) == (
-        str(tmp_path / "l.csv"),
+        str(published(scratch.db)),
         str(tmp_path / "k.csv"),
         1,
     )
@@ -749,11 +770,16 @@ def test_retry_of_a_file_audience_leaves_the_state_of_one_clean_try(scratch, con
     save(scratch, context, run_id="r1", population=people(1, 2), path=str(path))
     kwargs = {"population": people(2, 3, 4), "export_to": str(export)}
     first = save(scratch, context, ctx=run_context(context, run_id="r2"), **kwargs)
-    state = (lines(path), lines(export), sizes(db, "loyal"), audience(db, "loyal"))
+
+    def state():
+        row = {k: v for k, v in audience(db, "loyal").items() if k != "file_uri"}
+        return lines(published(db)), lines(export), sizes(db, "loyal"), row, len(versions(path))
+
+    before = state()
     again = save(scratch, context, ctx=run_context(context, run_id="r2"), **kwargs)
-    assert again == first
+    assert {k: v for k, v in again.items() if k != "uri"} == {k: v for k, v in first.items() if k != "uri"}
     assert (first["size"], first["added"], first["removed"]) == (3, 2, 1)
-    assert (lines(path), lines(export), sizes(db, "loyal"), audience(db, "loyal")) == state
+    assert state() == before
 
 
 def test_a_failure_while_writing_rolls_back_and_the_retry_completes(scratch, context, tmp_path, monkeypatch):

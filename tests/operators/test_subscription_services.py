@@ -589,7 +589,7 @@ def test_an_empty_population_with_on_empty(scratch, context):
             {"service": "a", "operation": "subscribe", "rejects": "output"},
             r"rejects='output' is not valid",
         ),
-        ({"service": "a", "operation": "subscribe", "date_column": ""}, r"date_column='': give the name"),
+        ({"service": "a", "operation": "subscribe", "date_column": ""}, r"date_column='': give a name"),
         ({"service": "a", "operation": "subscribe", "on_empty": "ignore"}, r"on_empty='ignore' is not valid"),
     ],
 )
