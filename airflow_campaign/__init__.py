@@ -7,17 +7,37 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+INTEGRATION = "Campaign"
+
+
+def _option(description: str, example: str, default: str | None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "version_added": "0.1.0",
+        "type": "string",
+        "example": example,
+        "default": default,
+    }
+
+
 def get_provider_info() -> dict[str, Any]:
-    """Describe this provider to Airflow's providers manager."""
+    """Describe this provider to Airflow's providers manager (``airflow providers get airflow-campaign``).
+
+    Checked against Airflow's ``provider_info.schema.json`` by the tests; no deprecated key.
+    """
     return {
         "package-name": "airflow-campaign",
         "name": "Campaign",
         "description": "Targeting, data updates, audiences, subscriptions, extracts and deliveries.",
-        "versions": [__version__],
-        "hook-class-names": [],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "tags": ["marketing", "email", "postgres"],
+            }
+        ],
         "operators": [
             {
-                "integration-name": "Campaign",
+                "integration-name": INTEGRATION,
                 "python-modules": [
                     "airflow_campaign.operators.targeting",
                     "airflow_campaign.operators.housekeeping",
@@ -25,31 +45,53 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_campaign.operators.save_audience",
                     "airflow_campaign.operators.subscription_services",
                     "airflow_campaign.operators.extract_file",
+                    "airflow_campaign.operators.deliveries",
                 ],
             }
         ],
         "hooks": [
             {
-                "integration-name": "Campaign",
+                "integration-name": INTEGRATION,
                 "python-modules": ["airflow_campaign.hooks.campaign"],
+            }
+        ],
+        "asset-uris": [
+            {
+                "schemes": ["campaign"],
+                "handler": "airflow_campaign.assets.sanitize_uri",
+                "factory": "airflow_campaign.assets.create_asset",
             }
         ],
         "config": {
             "campaign": {
                 "description": "Options of the campaign operators.",
                 "options": {
-                    "default_channel": {
-                        "description": (
-                            "The channel of an EmailDeliveryOperator that does not pass channel= (smtp, "
-                            "ses or outbox). Unset (the default), such a delivery fails when its DAG is "
-                            "parsed: no delivery falls back to a channel nobody chose. Set it where DAGs "
-                            "are parsed and run (environment: AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL)."
-                        ),
-                        "version_added": "0.1.0",
-                        "type": "string",
-                        "example": "smtp",
-                        "default": None,
-                    }
+                    "default_channel": _option(
+                        "The channel of an EmailDeliveryOperator that does not pass channel= (smtp, "
+                        "ses or outbox). Unset (the default), such a delivery fails when its DAG is "
+                        "parsed: no delivery falls back to a channel nobody chose. Set it where DAGs "
+                        "are parsed and run (environment: AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL).",
+                        example="smtp",
+                        default=None,
+                    ),
+                    "outbox_folder": _option(
+                        "The folder under which an outbox delivery that passes no folder in its "
+                        "channel_options writes its messages, one sub-folder per delivery "
+                        "(<outbox_folder>/<delivery>/<log id>.eml). Unset (the default): "
+                        "$CAMPAIGN_OUTBOX_DIR, else .campaign/outbox in the worker's working "
+                        "directory. A folder in channel_options always wins "
+                        "(environment: AIRFLOW__CAMPAIGN__OUTBOX_FOLDER).",
+                        example="/data/campaign/outbox",
+                        default=None,
+                    ),
+                    "unsubscribe_key_variable": _option(
+                        "The Airflow Variable holding the key that signs unsubscribe and mirror links, "
+                        "for a delivery that passes no unsubscribe_key= (which may also name a "
+                        "connection: 'connection:<conn_id>'). Set it where DAGs are parsed and run "
+                        "(environment: AIRFLOW__CAMPAIGN__UNSUBSCRIBE_KEY_VARIABLE).",
+                        example="newsletter_unsubscribe_key",
+                        default="campaign_unsubscribe_key",
+                    ),
                 },
             }
         },

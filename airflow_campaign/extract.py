@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_campaign.errors import CampaignError
+from airflow_campaign.extras import needs
 from airflow_campaign.files import split_s3
 
 FileFormat = Literal["csv", "text", "jsonl", "parquet"]
@@ -198,9 +199,10 @@ def parse_order(entry: str) -> tuple[str, str]:
 
 def public_key(encrypt_with: str) -> Any:
     """The OpenPGP certificate named by ``encrypt_with``, checked to be able to encrypt."""
-    import pysequoia
-
     check_key_reference(encrypt_with)
+    with needs("pgp", "encrypt_with"):
+        import pysequoia
+
     text = str(encrypt_with).strip()
     if text.startswith("variable:"):
         from airflow.sdk import Variable
@@ -312,7 +314,8 @@ class _Destination:
             )
 
     def _client(self) -> Any:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        with needs("amazon", f"path={self.path!r}"):
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         return S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
 
@@ -338,7 +341,8 @@ class _Destination:
             os.replace(local, self.path)
             self._temps.remove(local)
             return size
-        from boto3.s3.transfer import TransferConfig
+        with needs("amazon", f"path={self.path!r}"):
+            from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(
             multipart_threshold=self.multipart_chunk_size,
@@ -536,7 +540,8 @@ def check_bucket(option: str, path: str, bucket: str, aws_conn_id: str | None) -
 
     A bucket the connection may not inspect (403) is left to the upload itself.
     """
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    with needs("amazon", f"{option}={path!r}"):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     try:
         S3Hook(aws_conn_id=aws_conn_id).get_conn().head_bucket(Bucket=bucket)
@@ -621,6 +626,9 @@ def write_query(
         encrypt_with=encrypt_with,
         decimal_separator=decimal_separator,
     )
+    if format == "parquet":
+        with needs("parquet", "format='parquet'"):  # before anything is read or written
+            import pyarrow.parquet  # noqa: F401
     logger = logger or log
     final = stamped(path, timestamp) if timestamp is not None else path
     if compression is None and format != "parquet" and _plain_name(final).endswith(".gz"):
@@ -844,9 +852,10 @@ def _write_parquet(
     floats, ``t``/``f``) is what pyarrow's CSV reader parses; an unquoted empty field is NULL and a
     quoted one an empty string, as COPY writes them.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
+    with needs("parquet", "format='parquet'"):
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
 
     schema = pa.schema([pa.field(c.name, _arrow_type(pa, c)) for c in columns])
     statement = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
@@ -901,7 +910,8 @@ def _settings(conn: psycopg.Connection, **settings: str) -> Iterator[None]:
 
 def _encrypt(destination: _Destination, plain: str, cert: Any) -> str:
     """Encrypt ``plain`` (streamed, binary OpenPGP) into a new temporary file; return it."""
-    import pysequoia
+    with needs("pgp", "encrypt_with"):
+        import pysequoia
 
     sealed = destination.temp(".gpg")
     pysequoia.encrypt_file(input=plain, output=sealed, recipients=[cert], armor=False)

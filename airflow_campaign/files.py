@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_campaign.errors import CampaignError, shown
+from airflow_campaign.extras import needs
 from airflow_campaign.hooks.campaign import CampaignHook
 
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
@@ -66,9 +67,10 @@ def open_source(path: str, aws_conn_id: str | None = "aws_default") -> Iterator[
     a missing object or bucket is a CampaignError naming the path.
     """
     if path.startswith("s3://"):
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
         bucket, key = split_s3(path)
+        with needs("amazon", f"path={shown(path)}"):
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
         try:
             body = S3Hook(aws_conn_id=aws_conn_id).get_conn().get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as exc:
@@ -320,8 +322,9 @@ def _not_encoded(path: str, encoding: str, exc: UnicodeDecodeError, line: int | 
 def _load_parquet(
     conn: psycopg.Connection, path: str, stream: IO[bytes], columns: list[str] | None
 ) -> tuple[str, list[str], dict[str, str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    with needs("parquet", f"path={shown(path)} (format='parquet')"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
     with tempfile.TemporaryFile() as spool:
         if not stream.seekable():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from airflow_campaign.errors import CampaignError, shown
 
 Check = Callable[[str, Any], Any]
 MAX_NAME = 63  # PostgreSQL's identifier length
+MAX_INTEGER = 2**63 - 1  # PostgreSQL's bigint: a whole-number option ends up in SQL or in a count
 
 
 def templated(value: Any) -> bool:
@@ -37,6 +39,16 @@ def templated(value: Any) -> bool:
     return False
 
 
+def unless_templated(value: Any, convert: Callable[[Any], Any]) -> Any:
+    """``convert(value)``, or ``value`` as given when it is only known at run time.
+
+    A constructor converts an option (a tuple made a list, None made ``[]``) only when the value
+    is known: a template or an XComArg is kept for Airflow to render, and the option's check
+    converts the rendered value before execute.
+    """
+    return value if templated(value) else convert(value)
+
+
 def _fail(option: str, value: Any, expected: str) -> CampaignError:
     return CampaignError(f"{option}={shown(value)}: {expected}.")
 
@@ -46,6 +58,15 @@ def optional(check: Check) -> Check:
 
     def run(option: str, value: Any) -> Any:
         return None if value is None else check(option, value)
+
+    return run
+
+
+def defaulted(check: Check, default: Callable[[], Any]) -> Check:
+    """``check``, or None read as ``default()`` (e.g. ``list``: not given means empty)."""
+
+    def run(option: str, value: Any) -> Any:
+        return default() if value is None else check(option, value)
 
     return run
 
@@ -145,6 +166,10 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
             raise _fail(option, value, f"give a whole number{bounds}{hint}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise _fail(option, value, f"give a whole number{bounds}")
+        if not -MAX_INTEGER - 1 <= value <= MAX_INTEGER:
+            raise _fail(
+                option, value, f"give a whole number{bounds} that fits in 64 bits (at most {MAX_INTEGER})"
+            )
         return value
 
     return run
@@ -157,8 +182,15 @@ def number(
 
     def run(option: str, value: Any) -> float:
         bounds = _bounds(minimum, maximum) if above is None else f" greater than {above:g}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(option, value, f"give a number{bounds}")
+        if not _finite(value):
+            too_large = isinstance(value, int)  # beyond what a float holds
+            raise _fail(
+                option,
+                value,
+                f"give a number{bounds}" + (f", at most {sys.float_info.max:g}" if too_large else ""),
+            )
         if (
             (minimum is not None and value < minimum)
             or (maximum is not None and value > maximum)
@@ -175,7 +207,7 @@ def duration(option: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (str, int, float, dt.timedelta)):
         raise _fail(option, value, "give a duration such as '7d', '12h', '30m' or a timedelta")
     seconds = parse_duration(value, option)
-    if not math.isfinite(seconds) or seconds <= 0:
+    if seconds <= 0:
         raise _fail(option, value, "give a positive duration such as '7d', '12h' or '30m'")
     return value
 
@@ -187,6 +219,14 @@ def choice(choices: Sequence[Any]) -> Check:
         return value
 
     return run
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a float that is not inf or NaN, or an int a float can hold."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond about 1.8e308
+        return False
 
 
 def _bounds(minimum: float | None, maximum: float | None) -> str:

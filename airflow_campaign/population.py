@@ -6,7 +6,9 @@ import datetime as dt
 import decimal
 import itertools
 import json
+import sys
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +23,12 @@ Kind = Literal["table", "inline"]
 INPUT_KINDS: tuple[str, ...] = ("table", "inline")
 _TEMP_NAMES = itertools.count()
 MAX_COLUMN = 63  # bytes: PostgreSQL's identifier length (NAMEDATALEN - 1)
-TABLE_KINDS = ("r", "p", "v", "m", "f")  # pg_class.relkind a trusted table may be: tables and views
+TABLE_KINDS = ("r", "p", "v", "m", "f")
+#: the DAG of the task running now (set around each campaign operator's execute): a staging table
+#: made by another DAG is not a population of this one
+CURRENT_DAG: ContextVar[str | None] = ContextVar("campaign_current_dag", default=None)
+#: what inline rows from a dict may claim to be: rows of profiles keyed by id, or of no resource
+DICT_RESOURCES = {None: None, "profiles": "id"}  # pg_class.relkind a trusted table may be: tables and views
 
 
 @dataclass
@@ -123,10 +130,7 @@ class Population:
         if isinstance(value, (list, tuple)):
             if all(isinstance(r, Mapping) for r in value):
                 return cls.inline(_check_rows(option, value))
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover
-            pd = None
+        pd = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
         if pd is not None and isinstance(value, pd.DataFrame):
             frame = value.astype(object).where(value.notna(), None)
             return cls.inline(_check_rows(option, frame.to_dict("records")))
@@ -181,6 +185,7 @@ class Population:
                 f"{option}: the inline rows have no key column {shown(key)} (columns: {shown(columns)}); "
                 "give key= one of the rows' columns."
             )
+        _check_claim(option, resource, key)
         return cls(kind="inline", key=key, resource=resource, columns=columns, count=len(rows), rows=rows)
 
     def serialize(self) -> dict[str, Any]:
@@ -257,6 +262,27 @@ class Population:
             ) from exc
         return temp
 
+    def _check_provenance(self, record: dict[str, Any], option: str) -> None:
+        """A dict naming a staging table cannot relabel its rows nor reach another DAG's table."""
+        current = CURRENT_DAG.get()
+        if current is not None and record["dag_id"] != current:
+            raise CampaignError(
+                f"{option}: staging table {shown(self.table, quote=False)} was made by DAG "
+                f"{shown(record['dag_id'])}, not by this DAG ({shown(current)}); a population passes "
+                "between tasks of one DAG. Share rows across DAGs as a saved audience "
+                "(SaveAudienceOperator, then ReadAudienceOperator in the other DAG)."
+            )
+        if record["key_column"] is None:  # recorded before provenance was kept: read as a dict's claim
+            _check_claim(option, self.resource, self.key)
+            return
+        if (self.resource, self.key) != (record["resource"], record["key_column"]):
+            raise CampaignError(
+                f"{option}: the population dict says resource={shown(self.resource)}, key={shown(self.key)}, "
+                f"but the task that made {shown(self.table, quote=False)} recorded resource="
+                f"{shown(record['resource'])}, key={shown(record['key_column'])}; a dict cannot relabel a "
+                "staging table's rows. Pass the upstream task's output unchanged."
+            )
+
     def _bind_table(self, conn: psycopg.Connection, option: str) -> sql.Composable:
         assert self.table is not None
         check_not_protected(conn, f"{option}: table", self.table)
@@ -275,12 +301,12 @@ class Population:
                 "Population.from_table."
             )
         if not self.trusted:
-            recorded, recorded_count = (
+            record = (
                 CampaignHook.staging_record(conn, relation.schema, relation.name)
                 if relation.kind == "r"
-                else (False, None)
+                else None
             )
-            if not recorded:
+            if record is None:
                 raise CampaignError(
                     f"{option}: table={shown(self.table)} is not a staging table recorded in "
                     "campaign.staging_tables of this database, so a population dict (from XCom or "
@@ -288,8 +314,9 @@ class Population:
                     "table of yours, declare it in the DAG file: Population.from_table('schema.table', "
                     "key=..., resource=..., trusted=True)."
                 )
-            if recorded_count is not None:
-                self.count = recorded_count
+            self._check_provenance(record, option)
+            if record["row_count"] is not None:
+                self.count = record["row_count"]
         columns = list(CampaignHook.relation_types(conn, relation.ident))
         if self.key not in columns:
             raise CampaignError(
@@ -396,3 +423,17 @@ def _check_rows(option: str, value: Any) -> list[dict[str, Any]]:
 def coerce(value: Any, option: str = "population") -> Population:
     """Shorthand for :meth:`Population.from_value`."""
     return Population.from_value(value, option)
+
+
+def _check_claim(option: str, resource: str | None, key: str) -> None:
+    """Rows from a dict (XCom, ``dag_run.conf``) may say they are profiles (by id) or of no
+    resource; which other table they are written to or joined with is named in code."""
+    if resource in DICT_RESOURCES and (resource is None or key == DICT_RESOURCES[resource]):
+        return
+    raise CampaignError(
+        f"{option}: inline rows from a dict (XCom, dag_run.conf) say resource={shown(resource)}, "
+        f"key={shown(key)}; such rows may be profiles keyed by 'id', or of no resource (resource=None). "
+        "A dict cannot choose the table its rows are written to or joined with: name it in the DAG "
+        "(e.g. UpdateDataOperator(table=...) for rows of no resource), or build the population in the "
+        "DAG file with Population.inline(rows, key=..., resource=...)."
+    )

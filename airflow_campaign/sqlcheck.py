@@ -164,6 +164,17 @@ def _tokens(frag: _Fragment) -> None:
                     f"closes a parenthesis it did not open (character {_char(frag, token.start)}), which would "
                     "end the SQL around it"
                 )
+        elif (
+            token.name == "SCONST"
+            and frag.text[token.start : token.start + 1] == b"'"
+            and b"\\" in _raw(frag, token)
+        ):
+            # a backslash in a plain string reads differently when standard_conforming_strings is off
+            # (set_config() in another fragment could switch it): one reading only
+            raise frag.fail(
+                f"has a backslash in the string {_piece(frag, token)}; write E'...' for escapes, or pass the "
+                "value through parameters="
+            )
         elif token.name == "PARAM":
             placed = params.pop(token.start, None)
             if placed is None or placed[0] != token.end + 1:
@@ -177,6 +188,10 @@ def _tokens(frag: _Fragment) -> None:
             f"has the placeholder %({name})s inside a string literal, a name or a comment, where it is "
             "no value; put it outside the quotes (e.g. 'x' || %(name)s)"
         )
+
+
+def _raw(frag: _Fragment, token: Any) -> bytes:
+    return frag.text[token.start : token.end + 1]
 
 
 def _char(frag: _Fragment, offset: int) -> int:

@@ -13,17 +13,26 @@ mirror links (signed the same way on both sides):
 A second comparison times the MIME step alone (the same rendered parts to bytes, bodies twice as
 long, for at most 2,000 messages).
 
+Before a ratio is printed, the messages of every run of both sides are parsed and must say the
+same (AssertionError otherwise): the same To, Subject, From, Message-ID, List-Unsubscribe and
+X-Campaign-Delivery headers, and the same text and html parts once decoded (line breaks as LF,
+no trailing ones). Names in results.json: ``Email render + MIME, N msgs`` and ``MIME build only,
+N msgs``.
+
 Run by ``benchmarks/run.py`` (``bench_mime``), or alone: ``python -m benchmarks.mime [N]``.
 The standard library makes ~500 messages/s: N = 5,000 takes about a minute.
 """
 
 from __future__ import annotations
 
+import email
 import os
 import sys
 import tempfile
 import time
+from email.header import decode_header, make_header
 from email.message import EmailMessage
+from email.policy import compat32
 from email.utils import formataddr, formatdate
 from typing import Any
 
@@ -179,13 +188,56 @@ def standard(rows: list[dict[str, Any]]) -> list[bytes]:
     return out
 
 
+HEADERS = ("To", "Subject", "From", "Message-ID", "List-Unsubscribe", "X-Campaign-Delivery")
+
+
+def parsed(message: bytes) -> tuple[str, ...]:
+    """What a reader of ``message`` sees: its headers (RFC 2047 words decoded, unfolded) and its
+    text and html parts (transfer encodings undone, line breaks as LF, no trailing ones)."""
+    msg = email.message_from_bytes(message, policy=compat32)
+    headers = [" ".join(str(make_header(decode_header(msg.get(h, "")))).split()) for h in HEADERS]
+    bodies = {"text/plain": "", "text/html": ""}
+    for part in msg.walk():
+        if part.get_content_type() in bodies:
+            payload = part.get_payload(decode=True)
+            text = payload.decode(part.get_content_charset() or "utf-8") if payload else ""
+            bodies[part.get_content_type()] = text.replace("\r\n", "\n").rstrip("\n")
+    return (*headers, bodies["text/plain"], bodies["text/html"])
+
+
+def _checker() -> Any:
+    """A ``check`` for ``interleaved``: every run's messages, parsed, against the first run's."""
+    first: list[list[tuple[str, ...]]] = []
+
+    def check(side: str, i: int, made: list[bytes]) -> None:
+        got = [parsed(m) for m in made]
+        if not first:
+            first.append(got)
+            return
+        want = first[0]
+        if len(got) != len(want):
+            raise AssertionError(f"run {i} of {side}: {len(got)} messages, the first run {len(want)}")
+        names = [*HEADERS, "text part", "html part"]
+        for k, (a, b) in enumerate(zip(got, want, strict=True)):
+            if a != b:
+                name, x, y = next((n, x, y) for n, x, y in zip(names, a, b, strict=True) if x != y)
+                raise AssertionError(
+                    f"run {i} of {side}, message {k}: {name} differs from the first run's: {x[:300]!r} vs {y[:300]!r}"
+                )
+
+    return check
+
+
 def bench_mime(results: list[dict[str, Any]], n: int) -> None:
     from airflow_campaign.delivery.mime import MimeSkeleton
     from benchmarks.run import interleaved, record
 
     rows = recipients(n)
-    ours_s, other_s = interleaved(lambda _: ours(rows), lambda _: standard(rows), REPEAT)
-    print(f"  render + MIME: ours {n / ours_s:,.0f} msg/s, Jinja + EmailMessage {n / other_s:,.0f} msg/s")
+    ours_s, other_s = interleaved(lambda _: ours(rows), lambda _: standard(rows), REPEAT, check=_checker())
+    print(
+        f"  render + MIME: ours {n / ours_s:,.0f} msg/s, Jinja + EmailMessage {n / other_s:,.0f} msg/s"
+        " (the same messages once parsed, every run)"
+    )
     record(
         results,
         f"Email render + MIME, {n:,} msgs",
@@ -200,11 +252,14 @@ def bench_mime(results: list[dict[str, Any]], n: int) -> None:
     parts = [(row["recipient"], f"Hello {row['first_name']}", TEXT * 2, HTML * 2) for row in few]
     skeleton = MimeSkeleton("news@shop.example", "Example Shop", None, {}, f"{DELIVERY}/{RUN_KEY}")
 
-    def build_ours(_: int) -> None:
-        for i, (to, subject, text, html) in enumerate(parts):
+    def build_ours(_: int) -> list[bytes]:
+        return [
             skeleton.build(to, subject, text, html, f"<{i}@shop.example>", "https://shop.example/u?t=1")
+            for i, (to, subject, text, html) in enumerate(parts)
+        ]
 
-    def build_standard(_: int) -> None:
+    def build_standard(_: int) -> list[bytes]:
+        out = []
         for i, (to, subject, text, html) in enumerate(parts):
             message = EmailMessage()
             message["From"] = "Example Shop <news@shop.example>"
@@ -217,11 +272,15 @@ def bench_mime(results: list[dict[str, Any]], n: int) -> None:
             message["X-Campaign-Delivery"] = f"{DELIVERY}/{RUN_KEY}"
             message.set_content(text)
             message.add_alternative(html, subtype="html")
-            message.as_bytes()
+            out.append(message.as_bytes())
+        return out
 
-    ours_s, other_s = interleaved(build_ours, build_standard, REPEAT)
+    ours_s, other_s = interleaved(build_ours, build_standard, REPEAT, check=_checker())
     m = len(parts)
-    print(f"  MIME only: ours {m / ours_s:,.0f} msg/s, EmailMessage {m / other_s:,.0f} msg/s")
+    print(
+        f"  MIME only: ours {m / ours_s:,.0f} msg/s, EmailMessage {m / other_s:,.0f} msg/s"
+        " (the same messages once parsed, every run)"
+    )
     record(results, f"MIME build only, {m:,} msgs", ours_s, "EmailMessage.as_bytes", other_s, 0.1, "lower")
 
 

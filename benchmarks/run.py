@@ -1,8 +1,15 @@
 """`make bench`: side-by-side timings of airflow-campaign against hand-written equivalents.
 
 Runs every comparison in one process, prints ratios, and writes benchmarks/results.json:
-a list of {"name", "ours_s", "other", "other_s", "ratio", "target", "better"} objects
-(ratio = ours_s / other_s; `better` says whether a lower or a higher ratio is better).
+a list of {"name", "ours_s", "other", "other_s", "ratio", "target", "better", "load_start",
+"load_end"} objects (ratio = ours_s / other_s; `better` says whether a lower or a higher ratio
+is better; the 1-minute load average when the comparison started and ended, so a run on a busy
+machine shows). A name stays the same as long as the comparison does; each module's docstring
+lists its names.
+
+Every comparison gives both sides the same work and the same resources, checks that their
+outputs agree (AssertionError otherwise) before it prints a ratio, runs the sides alternately
+several times (BENCH_REPEAT, default 5; some modules have their own) and keeps the median.
 
 BENCH_SCALE (default 1,000,000) sets the number of profiles. The database is the embedded
 server in .campaign/bench-pg, or $CAMPAIGN_BENCH_DATABASE_URL.
@@ -45,8 +52,12 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.2f}"
 
 
+_started: list[str] = []  # the load when the latest timing helper started, until a record() takes it
+
+
 def best_of(fn: Callable[[int], Any], repeat: int = REPEAT) -> float:
     """Median wall time of ``repeat`` runs (after one warm-up run)."""
+    _started[:] = [load()]
     fn(-1)
     times = []
     for i in range(repeat):
@@ -57,18 +68,42 @@ def best_of(fn: Callable[[int], Any], repeat: int = REPEAT) -> float:
 
 
 def interleaved(
-    ours: Callable[[int], Any], other: Callable[[int], Any], repeat: int = REPEAT
+    ours: Callable[[int], Any],
+    other: Callable[[int], Any],
+    repeat: int = REPEAT,
+    *,
+    warmup: bool = True,
+    check: Callable[[str, int, Any], None] | None = None,
+    clock: Callable[[Any, float], float] | None = None,
 ) -> tuple[float, float]:
-    """Median times of two functions run alternately, so both see the same machine state."""
-    ours(-1)
-    other(-1)
-    a, b = [], []
+    """Median times of two functions run alternately, so both see the same machine state.
+
+    Each round runs both sides, in the order ours, other on even rounds and other, ours on odd
+    ones (a machine getting busier or quieter does not favour one side). ``warmup`` runs each
+    side once first, untimed. ``check(side, i, returned)`` is called after every call (the
+    warm-up too), outside the clock, with ``side`` ``"ours"`` or ``"other"`` and what the
+    function returned: it raises AssertionError when the outputs differ. ``clock(returned,
+    wall)`` gives the time to count when a function measures itself (e.g. a child process that
+    reports its own time); by default, the wall time of the call. The load at the start is
+    noted for the next ``record``.
+    """
+    _started[:] = [load()]
+    sides = (("ours", ours), ("other", other))
+    if warmup:
+        for name, fn in sides:
+            returned = fn(-1)
+            if check is not None:
+                check(name, -1, returned)
+    times: dict[str, list[float]] = {"ours": [], "other": []}
     for i in range(repeat):
-        for fn, out in ((ours, a), (other, b)):
+        for name, fn in sides if i % 2 == 0 else sides[::-1]:
             started = time.perf_counter()
-            fn(i)
-            out.append(time.perf_counter() - started)
-    return statistics.median(a), statistics.median(b)
+            returned = fn(i)
+            wall = time.perf_counter() - started
+            times[name].append(clock(returned, wall) if clock is not None else wall)
+            if check is not None:
+                check(name, i, returned)
+    return statistics.median(times["ours"]), statistics.median(times["other"])
 
 
 def record(
@@ -79,7 +114,19 @@ def record(
     other_s: float,
     target: float,
     better: str,
+    *,
+    load_start: str | None = None,
+    load_end: str | None = None,
 ) -> None:
+    """Print one comparison and add it to ``results``.
+
+    ``load_start`` defaults to the load noted when the latest ``interleaved``/``best_of`` call
+    began (taken by this record), ``load_end`` to the load now: call right after measuring.
+    """
+    if load_start is None and _started:
+        load_start = _started.pop()
+    _started.clear()
+    load_end = load_end or load()
     ratio = ours_s / other_s
     ok = ratio <= target if better == "lower" else ratio >= target
     results.append(
@@ -91,12 +138,15 @@ def record(
             "ratio": round(ratio, 3),
             "target": target,
             "better": better,
+            "load_start": float(load_start) if load_start else None,
+            "load_end": float(load_end),
         }
     )
     unit = " MB" if "MB" in name else "s"  # memory comparisons hold megabytes in the *_s fields
     print(
         f"{name:<44} ours {ours_s:8.3f}{unit}  {other:<34} {other_s:8.3f}{unit}  ratio {ratio:6.3f} "
         f"(target {'<=' if better == 'lower' else '>='} {target}) {'ok' if ok else 'MISSED'}"
+        f"  load {load_start or '?'} -> {load_end}"
     )
 
 
@@ -122,32 +172,45 @@ def database(scale: int) -> str:
 
 
 def bench_query(url: str, results: list[dict[str, Any]], scale: int) -> None:
+    """QueryOperator against a bare ``CREATE UNLOGGED TABLE AS SELECT`` of the same rows.
+
+    Each side does what one task does: open a connection, replace its table in one transaction
+    (DROP, CREATE ... AS SELECT), commit, close. The operator also checks its options and SQL,
+    the schema version and the resource, and records its table; that is what the ratio shows.
+    Interleaved, at least 7 runs each (the CTAS and its commit vary a lot on a busy machine).
+    """
     from airflow_campaign.operators.targeting import QueryOperator
 
     where = "NOT email_denylisted"
     columns = ["email", "first_name", "country", "loyalty_points"]
     op = QueryOperator(task_id="query", where=where, columns=columns)
-    sizes: list[int] = []
+    outs: list[dict[str, Any]] = []
 
     def ours(i: int) -> None:
-        out = op.execute(context("query", 0))
-        sizes.append(len(json.dumps(out)))
-
-    conn = psycopg.connect(url, autocommit=True)
+        outs.append(op.execute(context("query", 0)))
 
     def hand_written(i: int) -> None:
-        with conn.transaction():
+        with psycopg.connect(url) as conn, conn.transaction():
             conn.execute("DROP TABLE IF EXISTS public.bench_ctas")
             conn.execute(
                 "CREATE UNLOGGED TABLE public.bench_ctas AS SELECT id, email, first_name, country, loyalty_points"
                 f" FROM campaign.profiles WHERE {where}"
             )
 
-    ours_s, other_s = interleaved(ours, hand_written)
-    rows = conn.execute("SELECT count(*) FROM public.bench_ctas").fetchone()[0]
-    conn.execute("DROP TABLE IF EXISTS public.bench_ctas")
-    conn.close()
-    print(f"  QueryOperator selected {rows} rows; XCom value {max(sizes)} bytes")
+    ours_s, other_s = interleaved(ours, hand_written, repeat=max(REPEAT, 7))
+    from psycopg import sql
+
+    same = "SELECT count(*), md5(string_agg(id::text, ',' ORDER BY id)) FROM {}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        theirs = conn.execute(sql.SQL(same).format(sql.Identifier("public", "bench_ctas"))).fetchone()
+        table = sql.Identifier(*outs[-1]["table"].split(".", 1))
+        mine = conn.execute(sql.SQL(same).format(table)).fetchone()
+        assert theirs and mine == theirs and mine[0] == outs[-1]["count"], (
+            f"QueryOperator {mine} != CTAS {theirs}"
+        )
+        conn.execute("DROP TABLE IF EXISTS public.bench_ctas")
+    size = max(len(json.dumps(out)) for out in outs)
+    print(f"  QueryOperator selected {theirs[0]} rows; XCom value {size} bytes")
     record(
         results,
         f"QueryOperator, {scale:,} profiles",
@@ -168,6 +231,9 @@ def main() -> int:
     url = database(scale)
     results: list[dict[str, Any]] = []
     bench_query(url, results, scale)
+    from benchmarks.segmentation import bench_segmentation
+
+    bench_segmentation(url, results, scale)
     from benchmarks.update_data import bench_insert_rows, bench_upsert
 
     bench_upsert(url, results, scale)
@@ -175,6 +241,9 @@ def main() -> int:
     from benchmarks.subscription_services import bench_subscriptions
 
     bench_subscriptions(url, results, scale)
+    from benchmarks.save_audience import bench_save_audience
+
+    bench_save_audience(url, results, scale)
     from benchmarks.extract_file import bench_extract
 
     bench_extract(url, results, scale)

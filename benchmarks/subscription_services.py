@@ -2,7 +2,9 @@
 
 Every profile is subscribed to one service that half of them already have: ``scale`` subscribe
 operations, ``scale / 2`` changes. Both sides start from the same state (reset, untimed,
-before each timed call) and commit one transaction. Run alone with
+before each timed call) and commit one transaction, alternately (ours first on even rounds).
+After every call, outside the clock, the service's subscriptions (who, with which origin) and
+its subscribe events (who) must be the same as after the first one (AssertionError otherwise). Run alone with
 ``python -m benchmarks.subscription_services`` (same BENCH_SCALE and database as ``make bench``).
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.run import REPEAT, context, database, record
+from benchmarks.run import REPEAT, context, database, load, record
 
 SERVICE = "bench_subscriptions"
 POPULATION = "campaign_staging.bench_subscription_population"
@@ -56,18 +58,42 @@ def _reset(conn: psycopg.Connection, service_id: int) -> None:
     conn.execute("CHECKPOINT")
 
 
+def _state(conn: psycopg.Connection, service_id: int) -> tuple[Any, ...]:
+    """The service's subscriptions and subscribe events: counts and digests of who (and which origin)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM campaign.subscriptions WHERE service_id = %(s)s),"
+        " (SELECT md5(string_agg(profile_id || ' ' || origin, ',' ORDER BY profile_id))"
+        " FROM campaign.subscriptions WHERE service_id = %(s)s),"
+        " (SELECT count(*) FROM campaign.subscription_events WHERE service_id = %(s)s AND operation = 'subscribe'),"
+        " (SELECT md5(string_agg(profile_id::text, ',' ORDER BY profile_id)) FROM campaign.subscription_events"
+        " WHERE service_id = %(s)s AND operation = 'subscribe')",
+        {"s": service_id},
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def _timed(
     conn: psycopg.Connection, service_id: int, fns: list[Callable[[int], Any]], repeat: int
 ) -> list[float]:
-    """Median time of each function, run alternately, each from a freshly reset state."""
+    """Median time of each function, run alternately (the order reversed every other round), each
+    from a freshly reset state; the state after every call must be the state after the first."""
     times: list[list[float]] = [[] for _ in fns]
+    first: list[tuple[Any, ...]] = []
     for i in range(-1, repeat):  # -1: warm-up, not counted
-        for fn, out in zip(fns, times, strict=True):
+        order = list(zip(fns, times, strict=True))
+        for fn, out in order if i % 2 == 0 else order[::-1]:
             _reset(conn, service_id)
             started = time.perf_counter()
             fn(i)
             if i >= 0:
                 out.append(time.perf_counter() - started)
+            state = _state(conn, service_id)
+            first = first or [state]
+            if state != first[0]:
+                raise AssertionError(
+                    f"round {i}: subscriptions/events {state} after {fn.__name__}, {first[0]} after the first call"
+                )
     return [statistics.median(t) for t in times]
 
 
@@ -109,7 +135,9 @@ def bench_subscriptions(url: str, results: list[dict[str, Any]], scale: int) -> 
                 {"service": service_id, "run": f"hand_{i}"},
             )
 
+    start = load()
     ours_s, other_s = _timed(conn, service_id, [ours, hand_written], REPEAT)
+    end = load()
     print(f"  SubscriptionServicesOperator: {json.dumps(counts[-1])}")
     # a re-run of a task instance that succeeded: it writes nothing and reports what the first try did
     _reset(conn, service_id)
@@ -133,6 +161,8 @@ def bench_subscriptions(url: str, results: list[dict[str, Any]], scale: int) -> 
         other_s,
         1.5,
         "lower",
+        load_start=start,
+        load_end=end,
     )
 
 

@@ -63,6 +63,8 @@ def test_an_unreachable_database_is_a_short_error(capsys):
         ["db", "migrate"],
         ["db", "version", "--url", "x", "--conn-id", "y"],
         ["incremental", "show"],
+        ["dev"],
+        ["dev", "my_dag.py", "--seed", "many"],
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from airflow_campaign import cli, embedded
@@ -135,3 +137,70 @@ def test_cli_start_then_stop_from_other_processes():
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2)
     assert run("stop") == f"no embedded Postgres is running in {data_dir}; nothing to stop"
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a parent that never reaps it has too)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def test_stop_stops_a_server_started_to_outlive_the_process():
+    """The docs' example: ``start(..., stop_at_exit=False)`` then ``server.stop()``."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cpg-", dir="/tmp")) / "pg"
+    server = embedded.start(data_dir, stop_at_exit=False)
+    pid = _postmaster_pid(data_dir)
+    socket = Path(psycopg.conninfo.conninfo_to_dict(server.url)["host"]) / ".s.PGSQL.5432"
+    assert socket.exists()
+    with psycopg.connect(server.url) as conn:
+        assert conn.execute("SELECT pg_backend_pid() > 0").fetchone() == (True,)
+
+    assert server.stop() == []
+    assert not embedded.is_running(data_dir)
+    assert not socket.exists()
+    assert _gone(pid)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(server.url, connect_timeout=2)
+
+    # started again in the same process, it is a new server, and stop() stops that one too
+    again = embedded.start(data_dir, stop_at_exit=False)
+    assert _postmaster_pid(data_dir) != pid
+    with psycopg.connect(again.url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert again.stop() == []
+    assert not embedded.is_running(data_dir)
+    shutil.rmtree(data_dir.parent)
+
+
+def test_stop_leaves_the_server_to_a_process_still_using_it_unless_forced():
+    data_dir = Path(tempfile.mkdtemp(prefix="cpg-", dir="/tmp")) / "pg"
+    server = embedded.start(data_dir, stop_at_exit=False)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from airflow_campaign import embedded; "
+            "embedded.start(sys.argv[1]); print('up', flush=True); time.sleep(120)",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        assert server.stop() == [holder.pid]
+        assert embedded.is_running(data_dir)
+        assert embedded.start(data_dir).stop(force=True) == []
+        assert not embedded.is_running(data_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    shutil.rmtree(data_dir.parent)

@@ -16,9 +16,28 @@ from pathlib import Path
 from airflow_campaign.channels.base import OPEN, Envelope, Gate, Result, held
 from airflow_campaign.errors import CampaignError
 
+#: Read when the Airflow option ``[campaign] outbox_folder`` is not set (the older way).
+FOLDER_ENV = "CAMPAIGN_OUTBOX_DIR"
+#: The folder when neither is set: relative to the worker's working directory.
+BUILTIN_FOLDER = ".campaign/outbox"
+
 
 def file_name(log_id: int) -> str:
     return f"{log_id}.eml"
+
+
+def default_folder(delivery: str) -> str:
+    """The outbox folder of ``delivery`` when its channel options give no ``folder``: ``<base>/<delivery>``.
+
+    ``<base>`` is the first set of: the Airflow option ``[campaign] outbox_folder``
+    (``AIRFLOW__CAMPAIGN__OUTBOX_FOLDER``), the environment variable ``$CAMPAIGN_OUTBOX_DIR``,
+    and ``.campaign/outbox``. A ``folder`` in the channel options always wins.
+    """
+    from airflow.sdk import conf
+
+    configured = (conf.get("campaign", "outbox_folder", fallback=None) or "").strip()
+    base = configured or os.environ.get(FOLDER_ENV) or BUILTIN_FOLDER
+    return os.path.join(base, delivery)
 
 
 class OutboxChannel:

@@ -22,6 +22,7 @@ from airflow_campaign.channels.pool import (
     uncertain,
 )
 from airflow_campaign.errors import CampaignError
+from airflow_campaign.extras import needs
 
 DEFAULT_THREADS = 8
 MAX_THREADS = 64
@@ -154,9 +155,10 @@ class SesChannel:
         self._pool = WorkerPool(self.threads, "ses")
 
     def _make_client(self) -> Any:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError
+        with needs("amazon", "channel='ses'"):
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
 
         where = f"aws_conn_id={self.aws_conn_id!r}"
         hook = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sesv2", region_name=self.region_name)

@@ -144,8 +144,8 @@ def settings_from_connection(conn: Any, conn_id: str, timeout: float | None = No
 
 def read_settings(conn_id: str, timeout: float | None = None) -> SmtpSettings:
     """The settings of Airflow connection ``conn_id`` (a CampaignError naming it when it does not exist)."""
-    from airflow.exceptions import AirflowNotFoundException
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         conn = BaseHook.get_connection(conn_id)

@@ -41,12 +41,24 @@ MAX_LINK_CHARS = 8192  # a longer URL or query string is not one of ours: refuse
 KEY_ID_PATTERN = r"[A-Za-z0-9_-]{1,32}"
 _KEY_ID = re.compile(KEY_ID_PATTERN)
 _TOKEN = re.compile(r"(?:(" + KEY_ID_PATTERN + r")\.)?([A-Za-z0-9_-]{22})")
-_EXPIRY = re.compile(r"[0-9]{1,12}")
+_EXPIRY = re.compile(r"0|[1-9][0-9]{0,11}")  # canonical: no leading zero, so one expiry has one spelling
 KEY_HELP = (
     "airflow variables set campaign_unsubscribe_key "
     "\"$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\""
 )
 KEY_SET_EXAMPLE = '{"current": "k2", "keys": {"k1": "<the old key>", "k2": "<the new key>"}}'
+#: The Variable holding the keys when ``[campaign] unsubscribe_key_variable`` is not set.
+DEFAULT_KEY_VARIABLE = "campaign_unsubscribe_key"
+
+
+def default_key_spec() -> str:
+    """Where the signing keys are when a delivery names no ``unsubscribe_key``:
+    ``variable:<name>``, the Variable named by ``[campaign] unsubscribe_key_variable``
+    (``AIRFLOW__CAMPAIGN__UNSUBSCRIBE_KEY_VARIABLE``), else ``variable:campaign_unsubscribe_key``."""
+    from airflow.sdk import conf
+
+    configured = (conf.get("campaign", "unsubscribe_key_variable", fallback=None) or "").strip()
+    return f"variable:{configured or DEFAULT_KEY_VARIABLE}"
 
 
 # ---- keys ---------------------------------------------------------------------------------------
@@ -468,7 +480,9 @@ def verify_link(
     """Check the link the page received: ``url`` is a whole URL or its query string (str or
     bytes); ``key`` a KeyRing (``KeyRing.parse`` of the Variable's value), one key, or a list of
     keys. Never raises: whatever is given, the result says whether the link is valid and, when
-    not, why (see LinkCheck). ``now`` (Unix seconds or a datetime) is for checking the expiry."""
+    not, why (see LinkCheck). ``now`` (Unix seconds or a datetime) is for checking the expiry; a
+    naive datetime is read as UTC (not local time), and anything else, like None, means the
+    clock's time."""
     if not isinstance(purpose, str) or purpose not in PURPOSES:
         return LinkCheck(False, "malformed")
     keys = _verifying_keys(key)
@@ -500,15 +514,30 @@ def verify_link(
         "expires_at": expires,
     }
     if expires is not None:
-        if isinstance(now, dt.datetime):
-            moment = now.timestamp()
-        elif isinstance(now, (int, float)) and not isinstance(now, bool) and math.isfinite(now):
-            moment = float(now)
-        else:  # None, or anything that is not a time: the clock's
-            moment = time.time()
-        if moment >= expires:
+        if _moment(now) >= expires:
             return LinkCheck(False, "expired", **fields)
     return LinkCheck(True, None, **fields)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _moment(now: Any) -> float:
+    """Unix seconds of ``now``: a number as given, a datetime (naive read as UTC) by its
+    distance to the epoch (so year 1 and year 9999 work), anything else the clock's time."""
+    if isinstance(now, dt.datetime):
+        try:
+            aware = now if now.utcoffset() is not None else now.replace(tzinfo=dt.timezone.utc)
+            return (aware - _EPOCH).total_seconds()
+        except Exception:  # a tzinfo whose utcoffset fails: not a time
+            return time.time()
+    if isinstance(now, (int, float)) and not isinstance(now, bool):
+        try:
+            if math.isfinite(now):
+                return float(now)
+        except OverflowError:  # an int beyond what a float holds: later than any expiry
+            return math.inf if now > 0 else -math.inf
+    return time.time()
 
 
 def parse_and_verify(url: Any, key: Any, purpose: Purpose = "unsubscribe") -> dict[str, str | None] | None:
@@ -577,11 +606,13 @@ def mask_keys(value: str, ring: KeyRing | None = None) -> None:
             continue
 
 
-def load_keys(spec: str, option: str = "unsubscribe_key") -> KeyRing:
+def load_keys(spec: str | None = None, option: str = "unsubscribe_key") -> KeyRing:
     """The signing keys named by ``spec``: ``variable:<name>`` (an Airflow Variable) or
     ``connection:<conn_id>`` (the password of an Airflow connection), holding one key (at least
     16 bytes) or a JSON key set ``{"current": "k2", "keys": {"k1": "...", "k2": "..."}}``.
-    The keys are masked in the logs as soon as they are read."""
+    ``None``: :func:`default_key_spec`. The keys are masked in the logs as soon as they are read."""
+    if spec is None:
+        spec = default_key_spec()
     value = _read_secret(spec, option)
     mask_keys(value)
     ring = KeyRing.parse(value, source=f"{option}={spec!r}")
@@ -589,6 +620,6 @@ def load_keys(spec: str, option: str = "unsubscribe_key") -> KeyRing:
     return ring
 
 
-def load_key(spec: str, option: str = "unsubscribe_key") -> bytes:
+def load_key(spec: str | None = None, option: str = "unsubscribe_key") -> bytes:
     """The key that signs new links (the current one of a key set); see ``load_keys``."""
     return load_keys(spec, option).signing_key

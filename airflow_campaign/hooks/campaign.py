@@ -54,8 +54,19 @@ class CampaignHook(PostgresHook):
         self.campaign_conn_id = campaign_conn_id
 
     def connect(self) -> psycopg.Connection:
-        """A new psycopg 3 connection to the campaign database."""
-        return cast(psycopg.Connection, self.get_conn())
+        """A new psycopg 3 connection to the campaign database, with ``standard_conforming_strings``
+        on whatever the server, database or role sets: SQL options are checked as PostgreSQL
+        parses them with it on (a backslash in '...' is a character, not an escape)."""
+        conn = cast(psycopg.Connection, self.get_conn())
+        if conn.info.parameter_status("standard_conforming_strings") != b"on":  # reported at login
+            try:
+                conn.execute("SET standard_conforming_strings = on")
+                if not conn.autocommit:
+                    conn.commit()  # the session's setting, not a transaction's
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
@@ -87,8 +98,9 @@ class CampaignHook(PostgresHook):
         ``campaign.staging_tables`` for pruning.
         """
         target = sql.Identifier(STAGING_SCHEMA, table)
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
-        cur = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(target, select), params)
+        with conn.pipeline():  # one round trip; the count is the CREATE's own, not a second scan
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+            cur = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(target, select), params)
         count = cur.rowcount
         conn.execute(
             "INSERT INTO campaign.staging_tables (table_name, dag_id, task_id, run_id, map_index, output, row_count)"
@@ -99,22 +111,27 @@ class CampaignHook(PostgresHook):
         return count
 
     @staticmethod
-    def staging_record(conn: psycopg.Connection, schema: str, name: str) -> tuple[bool, int | None]:
-        """Whether ``schema.name`` is a staging table recorded in ``campaign.staging_tables`` of
-        this database, and the row count recorded with it.
+    def staging_record(conn: psycopg.Connection, schema: str, name: str) -> dict[str, Any] | None:
+        """The ``campaign.staging_tables`` row of ``schema.name`` (``row_count``, ``dag_id``,
+        ``resource``, ``key_column``), or None when it is not a recorded staging table.
 
         The registry keys a table by its qualified name, ``campaign_staging.<table>``; a table of
         another schema is never a staging table, whatever the registry holds.
         """
         if schema != STAGING_SCHEMA:
-            return False, None
+            return None
         row = conn.execute(
-            "SELECT row_count FROM campaign.staging_tables WHERE table_name = %s",
+            "SELECT row_count, dag_id, resource, key_column FROM campaign.staging_tables WHERE table_name = %s",
             (f"{STAGING_SCHEMA}.{name}",),
         ).fetchone()
         if row is None:
-            return False, None
-        return True, None if row[0] is None else int(row[0])
+            return None
+        return {
+            "row_count": None if row[0] is None else int(row[0]),
+            "dag_id": row[1],
+            "resource": row[2],
+            "key_column": row[3],
+        }
 
     @staticmethod
     def drop_staging(conn: psycopg.Connection, table: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, TypeVar, get_args
@@ -15,7 +16,7 @@ from psycopg import sql
 from airflow_campaign import options
 from airflow_campaign.errors import CampaignError, shown
 from airflow_campaign.hooks.campaign import STAGING_SCHEMA, CampaignHook, staging_table_name
-from airflow_campaign.population import Population
+from airflow_campaign.population import CURRENT_DAG, Population
 from airflow_campaign.schema.migrate import require_current
 
 OnEmpty = Literal["skip", "continue", "fail"]
@@ -49,6 +50,44 @@ def run_identity(context: Any) -> dict[str, Any]:
     }
 
 
+#: Aliases the operators' composed SQL gives the population (p, src), its resource (r), the
+#: existing row (dest) and work tables (w). Some are documented for users to write (the
+#: resource is ``r`` in a QueryOperator's ``where``); a database message names them either way.
+_OUR_ALIASES = "p|r|w|src|dest"
+_QUALIFIED_COLUMN = re.compile(
+    rf'\bcolumn (?P<alias>{_OUR_ALIASES})\.(?P<column>"(?:[^"]|"")+"|[^\s"]+) does not exist'
+)
+_SUGGESTED_COLUMN = re.compile(rf'\bthe column "(?P<alias>{_OUR_ALIASES})\.(?P<column>[^"]+)"')
+
+
+def _in_user_terms(detail: str, hint: str, option: str) -> tuple[str, str]:
+    """The database's message and hint with our aliases left out where the user wrote none.
+
+    ``column w.score does not exist`` becomes ``column "score" does not exist`` when the SQL
+    the user wrote (shown in ``option``, as in ``where='score > 1'``) has no ``w.``; a hint's
+    suggestion ``"p.loyalty_points"`` becomes ``"loyalty_points"`` unless the user qualifies
+    with ``p.`` (or two suggestions differ only by their alias). What the user wrote is kept.
+    """
+    written = {a for a in _OUR_ALIASES.split("|") if re.search(rf"(?<![\w.\"]){a}\.", option)}
+    if "=" in option:  # the option shows the user's SQL: a qualified name it lacks is ours
+        detail = _QUALIFIED_COLUMN.sub(
+            lambda m: m[0] if m["alias"] in written else f"column {_quoted(m['column'])} does not exist",
+            detail,
+        )
+    else:  # unknown: a qualified name in the message may be the user's, and says how they write
+        written |= {m["alias"] for m in _QUALIFIED_COLUMN.finditer(detail)}
+    suggested = [m["column"] for m in _SUGGESTED_COLUMN.finditer(hint)]
+    if len(set(suggested)) == len(suggested):
+        hint = _SUGGESTED_COLUMN.sub(
+            lambda m: m[0] if m["alias"] in written else f'the column "{m["column"]}"', hint
+        )
+    return detail, hint
+
+
+def _quoted(column: str) -> str:
+    return column if column.startswith('"') else f'"{column}"'
+
+
 @contextmanager
 def sql_errors(option: str) -> Iterator[None]:
     """Turn a database error raised by user-written SQL into a CampaignError naming ``option``."""
@@ -56,11 +95,15 @@ def sql_errors(option: str) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         diag = exc.diag
-        detail = diag.message_primary or str(exc).strip()
-        hint = f" Hint: {diag.message_hint}." if diag.message_hint else ""
+        detail, hint = _in_user_terms(
+            (diag.message_primary or str(exc)).strip().removesuffix("."),
+            (diag.message_hint or "").strip().removesuffix("."),
+            option,
+        )
         raise CampaignError(
-            f"{option}: the database rejected the SQL ({type(exc).__name__}: {detail}).{hint} "
-            "Nothing was written; fix the option and clear the task."
+            f"{option}: the database rejected the SQL ({type(exc).__name__}: {detail})."
+            + (f" Hint: {hint}." if hint else "")
+            + " Nothing was written; fix the option and clear the task."
         ) from exc
 
 
@@ -94,7 +137,12 @@ def _checked_execute(execute: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(execute)
     def wrapper(self: CampaignBaseOperator, context: Any) -> Any:
         self.check_options()
-        return execute(self, context)
+        ti = context.get("ti") if isinstance(context, dict) else None
+        token = CURRENT_DAG.set(getattr(ti, "dag_id", None))
+        try:
+            return execute(self, context)
+        finally:
+            CURRENT_DAG.reset(token)
 
     return wrapper
 
@@ -173,6 +221,10 @@ class CampaignBaseOperator(BaseOperator):
             raise CampaignError(
                 f"{option}: the result has no key column {key!r} (columns: {columns}); select it."
             )
+        conn.execute(  # what the rows are, for the tasks that read the table (see Population.bind)
+            "UPDATE campaign.staging_tables SET resource = %s, key_column = %s WHERE table_name = %s",
+            (resource, key, table),
+        )
         return Population(kind="table", table=table, key=key, resource=resource, columns=columns, count=count)
 
     def check_empty(self, population: Population, what: str = "result") -> None:

@@ -496,7 +496,8 @@ class EmailDeliveryOperator(DeliveryOperator):
     :param unsubscribe_url: the unsubscribe page; each message links to it with a signed,
         per-recipient token.
     :param unsubscribe_key: where the signing key is: ``"variable:<name>"`` or
-        ``"connection:<conn_id>"``.
+        ``"connection:<conn_id>"``. Default: the Variable named by the Airflow configuration
+        option ``[campaign] unsubscribe_key_variable`` (``campaign_unsubscribe_key`` when unset).
     :param mirror_url: a page showing the email on the web, linked as ``{{ mirror_url }}``.
     :param mirror_link_ttl: mirror links stop working this long after the send (e.g. ``"30d"``,
         seconds or a timedelta); None (default): they do not expire. Unsubscribe links never expire.
@@ -540,7 +541,7 @@ class EmailDeliveryOperator(DeliveryOperator):
         channel: EmailChannelName | None = None,
         channel_options: dict[str, Any] | None = None,
         unsubscribe_url: str | None = None,
-        unsubscribe_key: str = "variable:campaign_unsubscribe_key",
+        unsubscribe_key: str | None = None,
         mirror_url: str | None = None,
         mirror_link_ttl: str | float | dt.timedelta | None = None,
         proof_to: Sequence[str] | None = None,
@@ -550,7 +551,7 @@ class EmailDeliveryOperator(DeliveryOperator):
         from airflow_campaign.channels.email import email_channel_options
         from airflow_campaign.delivery.mime import MimeSkeleton, check_address
         from airflow_campaign.delivery.render import EmailContent, compile_email
-        from airflow_campaign.delivery.unsubscribe import check_base_url, link_ttl_seconds
+        from airflow_campaign.delivery.unsubscribe import check_base_url, default_key_spec, link_ttl_seconds
 
         chosen = cast(EmailChannelName, resolve_channel(channel, literal_choices(EmailChannelName)))
         unknown = sorted(set(channel_options or {}) - set(email_channel_options(chosen)))
@@ -603,7 +604,7 @@ class EmailDeliveryOperator(DeliveryOperator):
         self.channel: EmailChannelName = chosen
         self.channel_options = dict(channel_options or {})
         self.unsubscribe_url = unsubscribe_url
-        self.unsubscribe_key = unsubscribe_key
+        self.unsubscribe_key = default_key_spec() if unsubscribe_key is None else unsubscribe_key
         self.mirror_url = mirror_url
         self.mirror_link_ttl = mirror_link_ttl
         self.proof_to = list(proof_to or [])
@@ -622,11 +623,9 @@ class EmailDeliveryOperator(DeliveryOperator):
             # a message the server may have got without saying so: the delivery's own choice
             options.setdefault("on_uncertain", self.on_uncertain)
         if self.channel == "outbox" and "folder" not in options and not options.get("null"):
-            import os
+            from airflow_campaign.channels.outbox import default_folder
 
-            options["folder"] = os.path.join(
-                os.environ.get("CAMPAIGN_OUTBOX_DIR", ".campaign/outbox"), self._name
-            )
+            options["folder"] = default_folder(self._name)
         return email_channel(self.channel, **options)
 
     def make_composer(self, columns: Sequence[str], subject_prefix: str = "") -> engine.Composer:

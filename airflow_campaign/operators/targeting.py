@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import decimal
+import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import psycopg
@@ -26,6 +29,22 @@ from airflow_campaign.population import INPUT_KINDS, Population
 from airflow_campaign.resources import Resource
 
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+
+
+def _on_columns(option: str, value: Any) -> list[str] | None:
+    """``on``: the columns compared; an empty list is "not given" (the key)."""
+    return opt.names(option, value) or None
+
+
+def _joins(option: str, value: Any) -> list[dict[str, Any]]:
+    """EnrichmentOperator's ``joins``: dicts, each with table, alias and on, and a known kind."""
+    joins = opt.list_of_mappings(option, value)
+    for i, join in enumerate(joins):
+        missing = [k for k in ("table", "alias", "on") if not join.get(k)]
+        if missing:
+            raise CampaignError(f"{option}[{i}]: missing {missing}; each join needs table, alias and on.")
+        check_choice(f"{option}[{i}].kind", join.get("kind", "optional"), literal_choices(JoinKind))
+    return joins
 
 
 def _idents(names: Sequence[str], alias: str | None = None) -> sql.Composable:
@@ -100,7 +119,7 @@ class QueryOperator(CampaignBaseOperator):
         "resource": opt.name,
         "key": opt.optional(opt.name),
         "where": opt.optional(opt.text),
-        "columns": opt.optional(opt.names),
+        "columns": opt.defaulted(opt.names, list),
         "additional": opt.optional(opt.text),
         "distinct": opt.flag,
         "limit": opt.optional(opt.integer(0)),
@@ -134,7 +153,7 @@ class QueryOperator(CampaignBaseOperator):
         self.resource = resource
         self.key = key
         self.where = where
-        self.columns = list(columns or [])
+        self.columns = opt.unless_templated(columns, lambda v: list(v or []))
         self.additional = additional
         self.distinct = distinct
         self.limit = limit
@@ -395,7 +414,7 @@ class ReadAudienceOperator(CampaignBaseOperator):
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
         "audience": opt.name,
-        "columns": opt.optional(opt.names),
+        "columns": opt.defaulted(opt.names, list),
         "aws_conn_id": opt.optional(opt.name),
     }
 
@@ -409,7 +428,7 @@ class ReadAudienceOperator(CampaignBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.audience = audience
-        self.columns = list(columns or [])
+        self.columns = opt.unless_templated(columns, lambda v: list(v or []))
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -500,7 +519,7 @@ class LoadFileOperator(CampaignBaseOperator):
     option_checks: ClassVar[dict[str, opt.Check]] = {
         "path": opt.text,
         "columns": opt.optional(opt.names),
-        "types": opt.optional(opt.string_mapping),
+        "types": opt.defaulted(opt.string_mapping, dict),
         "header": opt.flag,
         "delimiter": opt.optional(opt.delimiter),
         "encoding": opt.text,
@@ -535,8 +554,8 @@ class LoadFileOperator(CampaignBaseOperator):
         check_choice("rejects", rejects, literal_choices(Rejects))
         self.path = path
         self.format = format
-        self.columns = list(columns) if columns else None
-        self.types = dict(types or {})
+        self.columns = opt.unless_templated(columns, lambda v: list(v) if v else None)
+        self.types = opt.unless_templated(types, lambda v: dict(v or {}))
         self.header = header
         self.delimiter = delimiter
         self.encoding = encoding
@@ -734,13 +753,13 @@ class _CombineOperator(CampaignBaseOperator):
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
         "populations": opt.items,
-        "on": opt.optional(opt.names),
+        "on": opt.optional(_on_columns),
     }
 
     def __init__(self, *, populations: Sequence[Any], on: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.populations = populations
-        self.on = list(on) if on else None
+        self.on = opt.unless_templated(on, lambda v: list(v) if v else None)
         if isinstance(populations, (list, tuple)):
             self.check_count(list(populations))
 
@@ -938,7 +957,7 @@ class DeduplicationOperator(CampaignBaseOperator):
     template_fields: Sequence[str] = ("population", "on", "prefer", "parameters")
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
-        "on": opt.optional(opt.names),
+        "on": opt.optional(_on_columns),
         "keep": opt.integer(1),
         "prefer": opt.optional(opt.text),
     }
@@ -957,7 +976,7 @@ class DeduplicationOperator(CampaignBaseOperator):
         if not isinstance(keep, int) or keep < 1:
             raise CampaignError(f"keep={keep!r}: give a whole number >= 1.")
         self.population = population
-        self.on = list(on) if on else None
+        self.on = opt.unless_templated(on, lambda v: list(v) if v else None)
         self.keep = keep
         self.prefer = prefer
         self.parameters = parameters
@@ -1022,8 +1041,8 @@ class EnrichmentOperator(CampaignBaseOperator):
     template_fields: Sequence[str] = ("population", "columns", "joins", "parameters")
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
-        "columns": opt.optional(opt.string_mapping),
-        "joins": opt.optional(opt.list_of_mappings),
+        "columns": opt.defaulted(opt.string_mapping, dict),
+        "joins": opt.defaulted(_joins, list),
     }
 
     def __init__(
@@ -1037,17 +1056,21 @@ class EnrichmentOperator(CampaignBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.population = population
-        self.columns = dict(columns or {})
-        self.joins = [dict(j) for j in joins or []]
+        self.columns = opt.unless_templated(columns, lambda v: dict(v or {}))
+        self.joins = opt.unless_templated(joins, lambda v: [dict(j) for j in v or []])
         self.parameters = parameters
+        if not opt.templated(self.columns) and not opt.templated(self.joins):
+            self.check_something_added()
+        sqlcheck.check_at_parse(self.sql_options(), parameters)
+
+    def check_options(self) -> None:
+        """The option checks on the rendered values, then: at least one column is added."""
+        super().check_options()
+        self.check_something_added()
+
+    def check_something_added(self) -> None:
         if not self.columns and not any(j.get("columns") for j in self.joins):
             raise CampaignError("columns/joins: give at least one column to add.")
-        for i, join in enumerate(self.joins):
-            missing = [k for k in ("table", "alias", "on") if not join.get(k)]
-            if missing:
-                raise CampaignError(f"joins[{i}]: missing {missing}; each join needs table, alias and on.")
-            check_choice(f"joins[{i}].kind", join.get("kind", "optional"), literal_choices(JoinKind))
-        sqlcheck.check_at_parse(self.sql_options(), parameters)
 
     def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
         """Every SQL expression of ``columns`` and ``joins``, named as errors name them."""
@@ -1232,13 +1255,25 @@ class SegmentationOperator(CampaignBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.population = population
-        self.segments = [dict(s) for s in segments]
+        self.segments = opt.unless_templated(segments, lambda v: [dict(s) for s in v])
         self.parameters = parameters
         self.overlap = overlap
         self.complement = complement
         self.complement_code = complement_code
         self.seed = seed
-        codes = [s.get("code") for s in self.segments] + ([complement_code] if complement else [])
+        if not opt.templated(self.segments):
+            self.check_segments()
+        sqlcheck.check_at_parse(self.sql_options(), parameters)
+
+    def check_options(self) -> None:
+        """The option checks on the rendered values, then each segment's shape and code."""
+        super().check_options()
+        self.check_segments()
+
+    def check_segments(self) -> None:
+        """Codes valid and unique (with the complement's), known keys, percent and limit in range."""
+        complement_code = self.complement_code
+        codes = [s.get("code") for s in self.segments] + ([complement_code] if self.complement else [])
         if not self.segments:
             raise CampaignError("segments: give at least one segment {'code': ..., 'where': ...}.")
         for i, code in enumerate(codes):
@@ -1266,7 +1301,6 @@ class SegmentationOperator(CampaignBaseOperator):
                 raise CampaignError(
                     f"segments[{i}].limit={limit!r}: give a whole number >= 0, or leave it out for no limit."
                 )
-        sqlcheck.check_at_parse(self.sql_options(), parameters)
 
     def sql_options(self) -> list[tuple[sqlcheck.Check, str, Any]]:
         """Each segment's ``where`` and ``order_by``."""
@@ -1287,86 +1321,209 @@ class SegmentationOperator(CampaignBaseOperator):
 
     def _split(self, conn: psycopg.Connection, context: Any) -> dict[str, Population]:
         ((pop, rel),) = self.inputs(conn, [self.population], "population")
+        if pop.trusted:
+            rel = _read_once(conn, pop, rel)
         columns = [c for c in pop.columns if c != "segment_code"]
         seed = self.seed if self.seed is not None else run_identity(context)["run_id"]
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE seg_work ON COMMIT DROP AS SELECT row_number() OVER (ORDER BY p.{}) AS _rid, "
-                "{} FROM {} p"
-            ).format(sql.Identifier(pop.key), _idents(columns, "p"), rel)
-        )
-        conn.execute("CREATE TEMP TABLE seg_assign (_rid bigint NOT NULL, code text NOT NULL) ON COMMIT DROP")
-        conn.execute("ANALYZE seg_work")
-        for i, seg in enumerate(self.segments):
-            order: sql.Composable
-            if seg.get("random"):
-                order = sql.SQL("md5({} || w.{}::text), w._rid").format(
-                    sql.Literal(f"{seed}/{seg['code']}/"), sql.Identifier(pop.key)
-                )
-            elif seg.get("order_by"):
-                order = sql.SQL("{}, w._rid").format(
-                    sqlcheck.order_list(f"segments[{i}].order_by", seg["order_by"], self.parameters)
-                )
-            else:
-                order = sql.SQL("w._rid")
-            conds: list[sql.Composable] = (
-                [sqlcheck.expression(f"segments[{i}].where", seg["where"], self.parameters)]
-                if seg.get("where")
-                else [sql.SQL("true")]
-            )
-            if not self.overlap:
-                conds.append(sql.SQL("NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid)"))
-            bounds: list[sql.Composable] = (
-                [sql.SQL("_rn <= {}").format(sql.Literal(int(seg["limit"])))]
-                if seg.get("limit") is not None
-                else []
-            )
-            if seg.get("percent") is not None:
-                bounds.append(
-                    sql.SQL("_rn <= ceil(_n * {} / 100.0)").format(sql.Literal(float(seg["percent"])))
-                )
-            with sql_errors(f"segments[{i}]"):
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO seg_assign (_rid, code) SELECT _rid, {code} FROM (SELECT w._rid, "
-                        "row_number() OVER (ORDER BY {order}) AS _rn, count(*) OVER () AS _n FROM seg_work w "
-                        "WHERE {conds}) c WHERE {bounds}"
-                    ).format(
-                        code=sql.Literal(seg["code"]),
-                        order=order,
-                        conds=sql.SQL(" AND ").join(conds),
-                        bounds=sql.SQL(" AND ").join(bounds or [sql.SQL("true")]),
-                    )
-                )
+        taken: list[_Taken] = []
         outputs: dict[str, Population] = {}
-        for seg in self.segments:
-            select = sql.SQL(
-                "SELECT {cols}, {code}::text AS segment_code FROM seg_work w JOIN seg_assign a "
-                "ON a._rid = w._rid AND a.code = {code} ORDER BY w._rid"
-            ).format(cols=_idents(columns, "w"), code=sql.Literal(seg["code"]))
-            outputs[seg["code"]] = self.save(
-                conn,
-                context,
-                select,
-                key=pop.key,
-                resource=pop.resource,
-                suffix=seg["code"],
-                option="segments",
+        # Segment by segment, so that the first statement using a segment's SQL is its own
+        # (an error names that segment): its draw, if it is bounded, then its output.
+        for i, seg in enumerate(self.segments):
+            option = f"segments[{i}]"
+            where = (
+                sqlcheck.expression(f"{option}.where", seg["where"], self.parameters)
+                if seg.get("where")
+                else sql.SQL("true")
+            )
+            earlier = [] if self.overlap else [t.left for t in taken]
+            with sql_errors(option):
+                if seg.get("limit") is None and seg.get("percent") is None:
+                    mine = _Taken.where(where)
+                else:
+                    mine = self._draw(conn, rel, pop.key, i, seg, seed, earlier, where)
+            taken.append(mine)
+            condition = [mine.rows] if mine.exact or self.overlap else [*earlier, mine.rows]
+            outputs[seg["code"]] = self._output(
+                conn, context, rel, pop, columns, seg["code"], condition, option
             )
         if self.complement:
-            select = sql.SQL(
-                "SELECT {cols}, {code}::text AS segment_code FROM seg_work w "
-                "WHERE NOT EXISTS (SELECT 1 FROM seg_assign a WHERE a._rid = w._rid) ORDER BY w._rid"
-            ).format(cols=_idents(columns, "w"), code=sql.Literal(self.complement_code))
-            outputs[self.complement_code] = self.save(
-                conn,
-                context,
-                select,
-                key=pop.key,
-                resource=pop.resource,
-                suffix=self.complement_code,
-                option="segments",
+            outputs[self.complement_code] = self._output(
+                conn, context, rel, pop, columns, self.complement_code, [t.left for t in taken], "segments"
             )
         if not any(p.count for p in outputs.values()):
             self.check_empty(next(iter(outputs.values())), "segmentation")
         return outputs
+
+    def _output(
+        self,
+        conn: psycopg.Connection,
+        context: Any,
+        rel: sql.Composable,
+        pop: Population,
+        columns: list[str],
+        code: str,
+        condition: list[sql.Composable],
+        option: str,
+    ) -> Population:
+        """One segment's staging table: the input rows meeting every ``condition``, in one scan."""
+        select = sql.SQL("SELECT {cols}, {code}::text AS segment_code FROM {rel} p WHERE {cond}").format(
+            cols=_idents(columns, "p"),
+            code=sql.Literal(code),
+            rel=rel,
+            cond=sql.SQL(" AND ").join(condition or [sql.SQL("true")]),
+        )
+        return self.save(
+            conn, context, select, key=pop.key, resource=pop.resource, suffix=code, option=option
+        )
+
+    def _draw(
+        self,
+        conn: psycopg.Connection,
+        rel: sql.Composable,
+        key: str,
+        i: int,
+        seg: dict[str, Any],
+        seed: Any,
+        earlier: list[sql.Composable],
+        where: sql.Composable,
+    ) -> _Taken:
+        """The rows a segment with ``limit`` or ``percent`` keeps among its eligible rows.
+
+        The eligible rows match ``where`` and none of ``earlier``; with ``percent`` they are
+        counted first. For a random or key order the segment then becomes a condition on each
+        row, "not after the last row kept" in (sort key, row id) order, so its outputs need no
+        join: the last row kept comes from one top-N sort of the eligible rows, or, for a random
+        share, of the few rows in the hash window the count found it in. Rows ordered by
+        ``order_by`` are remembered by row id in a temporary table.
+        """
+        eligible = sql.SQL(" AND ").join([*earlier, where])
+        size, percent = seg.get("limit"), seg.get("percent")
+        pk = sql.Identifier("p", key)
+        first: sql.Composable = pk
+        if seg.get("random"):
+            first = sql.SQL("hashtextextended({} || coalesce({}::text, ''), 0)").format(
+                sql.Literal(f"{seed}/{seg['code']}/"), pk
+            )
+        total: int | None = None  # eligible rows, counted when the size is a share of them
+        below: tuple[int, sql.Composable] | None = None
+        if percent is not None:
+            total, below = _count(conn, rel, eligible, first if seg.get("random") else None, percent)
+            share = _share(total, percent)
+            size = share if size is None else min(size, share)
+        assert size is not None
+        if total is not None and size >= total:
+            return _Taken.where(where)  # every eligible row
+        if size == 0:
+            return _Taken(rows=sql.SQL("false"), left=sql.SQL("true"))
+        if seg.get("order_by") and not seg.get("random"):
+            order = sqlcheck.order_list(f"segments[{i}].order_by", seg["order_by"], self.parameters)
+            return _picked(conn, rel, i, eligible, [order, pk], size)
+        # the last row kept: the size-th in (sort key, row id) order, or, when the count found it
+        # below a hash bound, the one that many rows before the bound (a top-N sort of few rows)
+        within, order, skip = eligible, sql.SQL("{}, p.ctid").format(first), size - 1
+        if below and size <= below[0] < 2 * size:  # (and that is the smaller sort)
+            within = sql.SQL("{} AND {}").format(eligible, below[1])
+            order, skip = sql.SQL("{} DESC, p.ctid DESC").format(first), below[0] - size
+        last = conn.execute(
+            sql.SQL(
+                "SELECT {first}, {first} IS NULL, p.ctid::text FROM {rel} p WHERE {within} "
+                "ORDER BY {order} OFFSET {skip} LIMIT 1"
+            ).format(first=first, rel=rel, within=within, order=order, skip=sql.Literal(skip))
+        ).fetchone()
+        if last is None:
+            return _Taken.where(where)  # fewer eligible rows than the size
+        ctid = sql.SQL("{}::tid").format(sql.Literal(last[2]))
+        if last[1]:  # the cut falls among rows whose key is NULL (sorted last, by row id)
+            cut = sql.SQL("({} IS NOT NULL OR p.ctid <= {})").format(first, ctid)
+        elif seg.get("random"):
+            cut = sql.SQL("({}, p.ctid) <= ({}, {})").format(first, sql.Literal(int(last[0])), ctid)
+        else:  # key order: the key of the last row, read back by its row id (so of the key's type)
+            cut = sql.SQL(
+                "({pk}, p.ctid) <= (SELECT l.{key}, l.ctid FROM {rel} l WHERE l.ctid = {ctid})"
+            ).format(pk=pk, key=sql.Identifier(key), rel=rel, ctid=ctid)
+        return _Taken.where(sql.SQL("{} AND {}").format(where, cut))
+
+
+def _count(
+    conn: psycopg.Connection,
+    rel: sql.Composable,
+    eligible: sql.Composable,
+    hashed: sql.Composable | None,
+    percent: float,
+) -> tuple[int, tuple[int, sql.Composable] | None]:
+    """How many rows are eligible; for a random draw (``hashed``, the random order) also how
+    many have a hash below a bound just past where the share should end, and that condition.
+
+    Hashes are uniform over the 64-bit integers, so the bound (1 % of them past the share's
+    end) is past the last row kept unless the rows are few; the caller checks.
+    """
+    counted: list[sql.Composable] = [sql.SQL("count(*)")]
+    if hashed is not None:
+        bound = min(-(2**63) + int(2**64 * (float(percent) + 1) / 100), 2**63 - 1)
+        under = sql.SQL("{} < {}").format(hashed, sql.Literal(bound))
+        counted.append(sql.SQL("count(*) FILTER (WHERE {})").format(under))
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM {} p WHERE {}").format(sql.SQL(", ").join(counted), rel, eligible)
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), (int(row[1]), under) if hashed is not None else None
+
+
+def _share(total: int, percent: float) -> int:
+    """``ceil(total * percent / 100)``, exactly (``percent`` as written in decimal)."""
+    return math.ceil(decimal.Decimal(total) * decimal.Decimal(repr(float(percent))) / 100)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """Which input rows a segment takes, as conditions over the input row ``p``.
+
+    ``rows`` is true for the rows the segment takes (with the rows an earlier segment took,
+    unless ``exact``) and ``left`` for the others; both are plain conditions of a WHERE clause.
+    """
+
+    rows: sql.Composable
+    left: sql.Composable
+    exact: bool = False
+
+    @classmethod
+    def where(cls, condition: sql.Composable) -> _Taken:
+        return cls(rows=sql.SQL("({})").format(condition), left=sql.SQL("({}) IS NOT TRUE").format(condition))
+
+
+def _read_once(conn: psycopg.Connection, pop: Population, rel: sql.Composable) -> sql.Composable:
+    """A table of the DAG author's, copied once so that every segment sees the same rows.
+
+    (A staging table is never written after its task: it is read in place, under the lock
+    that reading it takes until the end of the transaction.)
+    """
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE segment_input ON COMMIT DROP AS SELECT {} FROM {}").format(
+            _idents(pop.columns), rel
+        )
+    )
+    return sql.Identifier("segment_input")
+
+
+def _picked(
+    conn: psycopg.Connection,
+    rel: sql.Composable,
+    i: int,
+    eligible: sql.Composable,
+    order: list[sql.Composable],
+    size: int,
+) -> _Taken:
+    """The first ``size`` eligible rows in ``order``, remembered by row id in a temporary table."""
+    table = sql.Identifier(f"segment_{i}_rows")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {table} ON COMMIT DROP AS SELECT p.ctid AS row_id FROM {rel} p WHERE {eligible} "
+            "ORDER BY {order}, p.ctid LIMIT {size}"
+        ).format(
+            table=table, rel=rel, eligible=eligible, order=sql.SQL(", ").join(order), size=sql.Literal(size)
+        )
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(table))  # its size, for the joins that read it
+    member = sql.SQL("EXISTS (SELECT 1 FROM {} t WHERE t.row_id = p.ctid)").format(table)
+    return _Taken(rows=member, left=sql.SQL("NOT ") + member, exact=True)

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from airflow_campaign import options as opt
 from airflow_campaign import sqlcheck
-from airflow_campaign.errors import CampaignError
+from airflow_campaign.errors import CampaignError, shown
 from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import (
     CampaignBaseOperator,
@@ -64,6 +64,30 @@ class Plan:
         return qualified(self.table)
 
 
+def _field_specs(option: str, value: Any) -> dict[str, Any]:
+    """``fields``: ``{column: value}``, each value a string (a population column or an SQL
+    expression) or ``{"value": ..., "when": ...}``."""
+    fields = opt.mapping(option, value)
+    for name, spec in fields.items():
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"value", "when"}
+            if unknown or not isinstance(spec.get("value"), str):
+                raise CampaignError(
+                    f"{option}[{name!r}]: a conditional field is {{'value': ..., 'when': ...}} with a string "
+                    f"value; got {shown(dict(spec))}."
+                )
+            if spec.get("when") is not None and not isinstance(spec["when"], str):
+                raise CampaignError(
+                    f"{option}[{name!r}].when={shown(spec['when'])}: give an SQL condition (a string)."
+                )
+        elif not isinstance(spec, str):
+            raise CampaignError(
+                f"{option}[{name!r}]={shown(spec)}: give a population column, an SQL expression, or "
+                "{'value': ..., 'when': ...}."
+            )
+    return fields
+
+
 class UpdateDataOperator(CampaignBaseOperator):
     """Write a population into a table: insert, update, upsert or delete, by reconciliation keys.
 
@@ -106,7 +130,7 @@ class UpdateDataOperator(CampaignBaseOperator):
         "table": opt.optional(opt.name),
         "resource": opt.optional(opt.name),
         "keys": opt.optional(opt.names_or_mapping),
-        "fields": opt.optional(opt.mapping),
+        "fields": opt.optional(_field_specs),
         "batch_size": opt.optional(opt.integer(1)),
         "set_updated_at": opt.flag,
     }
@@ -139,20 +163,8 @@ class UpdateDataOperator(CampaignBaseOperator):
             raise CampaignError(f"batch_size={batch_size!r}: give a whole number of rows >= 1, or None.")
         if operation == "delete" and fields:
             raise CampaignError("fields: a delete writes no field; leave fields out (keys choose the rows).")
-        if isinstance(keys, str):
-            raise CampaignError(f"keys={keys!r}: give a list of column names, e.g. keys=[{keys!r}].")
-        for name, spec in (fields or {}).items():
-            if isinstance(spec, Mapping):
-                unknown = set(spec) - {"value", "when"}
-                if unknown or "value" not in spec:
-                    raise CampaignError(
-                        f"fields[{name!r}]: a conditional field is {{'value': ..., 'when': ...}}; got keys {sorted(spec)}."
-                    )
-            elif not isinstance(spec, str):
-                raise CampaignError(
-                    f"fields[{name!r}]={spec!r}: give a population column, an SQL expression, or "
-                    "{'value': ..., 'when': ...}."
-                )
+        if isinstance(fields, Mapping):  # each value's shape, also when one of them is templated
+            _field_specs("fields", fields)
         self.population = population
         self.table = table
         self.resource = resource

@@ -10,16 +10,14 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from airflow_campaign import cli, get_provider_info
+from airflow_campaign import cli
 from airflow_campaign.delivery.unsubscribe import (
     MAX_LINK_CHARS,
     KeyRing,
@@ -352,19 +350,6 @@ MIRROR_OPTIONS = {"html": '<a href="{{ mirror_url }}">web</a>', "mirror_url": "h
 def test_a_bad_mirror_link_ttl_is_refused(row: Row) -> None:
     with pytest.raises(CampaignError, match=row.args["match"]):
         EmailDeliveryOperator(**{**EMAIL, "channel": "outbox", **row.args["options"]})
-
-
-def test_the_provider_info_declares_the_option_and_matches_airflows_schema() -> None:
-    import jsonschema
-    from airflow import providers_manager
-
-    schema_path = Path(providers_manager.__file__).with_name("provider_info.schema.json")
-    schema = json.loads(schema_path.read_text(encoding="utf-8"))
-    info = get_provider_info()
-    jsonschema.validate(info, schema)
-    option = info["config"]["campaign"]["options"]["default_channel"]
-    assert option["default"] is None and option["type"] == "string" and option["example"] == "smtp"
-    assert set(option) >= set(schema["definitions"]["option"]["required"])
 
 
 # ---- airflow-campaign seed ----------------------------------------------------------------------

@@ -57,10 +57,10 @@ RUNTIME = [
     Row(
         "ReadAudienceOperator",
         "a file audience whose file was deleted by hand",
-        "refused: `path='…gone.v….csv': no such file; …` (the audience's current version is named)",
+        "refused: `path='…gone.a<id>.v<stamp>.csv': no such file; …` (the audience's current version is named)",
         args={
             "go": _read_a_file_audience_whose_file_is_gone,
-            "match": r"gone\.v\d+T\d+Z\.csv'?: no such file",
+            "match": r"gone\.a\d+\.v\d+T\d+Z\.csv'?: no such file",
         },
     ),
     # set operations

@@ -37,6 +37,7 @@ HTML = '<p>Hello {{ first_name }}</p><p><a href="{{ unsubscribe_url }}">Unsubscr
 REFUSED = (
     r"not a staging table recorded in campaign\.staging_tables|is a PostgreSQL system catalog table"
     r"|one of the campaign's own bookkeeping tables|subscriptions belong to profiles"
+    r"|inline rows from a dict \(XCom, dag_run.conf\) say resource="
 )
 
 
@@ -178,14 +179,15 @@ FORGERIES = [
     ),
     (
         "inline rows whose resource is the catalog table pg_catalog.pg_authid",
-        "refused before any write: `population: resource='pg_catalog.pg_authid': … system catalog table …` "
-        "(SubscriptionServicesOperator: `… subscriptions belong to profiles …`); nothing changes",
+        "refused before any write: `population: inline rows from a dict (XCom, dag_run.conf) say "
+        "resource='pg_catalog.pg_authid', key='oid'; such rows may be profiles keyed by 'id', or of no resource`; "
+        "nothing changes",
         forged_inline("pg_catalog.pg_authid", key="oid"),
     ),
     (
         "inline rows whose resource is the bookkeeping table campaign.delivery_logs",
-        "refused before any write: `population: resource='campaign.delivery_logs': … bookkeeping tables …` "
-        "(SubscriptionServicesOperator: `… subscriptions belong to profiles …`); nothing changes",
+        "refused before any write: `population: inline rows from a dict (XCom, dag_run.conf) say "
+        "resource='campaign.delivery_logs' …`; nothing changes",
         forged_inline("campaign.delivery_logs"),
     ),
 ]
@@ -335,7 +337,10 @@ def test_inline_rows_cannot_rewrite_the_ledger(scratch, context, tmp_path, unsub
     op = UpdateDataOperator(
         task_id="rewrite", population=forged, operation="update", campaign_conn_id=scratch.conn_id
     )
-    with pytest.raises(CampaignError, match=r"resource='campaign.delivery_logs'.*bookkeeping tables"):
+    with pytest.raises(
+        CampaignError,
+        match=r"resource='campaign.delivery_logs'.*(bookkeeping tables|such rows may be profiles keyed by 'id')",
+    ):
         op.execute(context("rewrite"))
     assert scratch.db.execute("SELECT status FROM campaign.delivery_logs").fetchall() == [("sent",)]
     pop = Population.inline([{"id": 1, "email": "ann@example.com", "first_name": "Ann"}]).to_dict()
@@ -392,7 +397,7 @@ def test_update_data_never_writes_to_a_bookkeeping_or_catalog_table(row, scratch
     *(
         Row(
             "Population",
-            f"{what} resource {resource!r} in inline rows",
+            f"{what} resource {resource!r} in inline rows declared in the DAG file",
             "Refused: `population: resource=…: campaign.delivery_logs is one of the campaign's own bookkeeping "
             "tables …` (the name is resolved to the real table, whatever its spelling)",
             args={"resource": resource},
@@ -406,9 +411,10 @@ def test_update_data_never_writes_to_a_bookkeeping_or_catalog_table(row, scratch
 )
 def test_a_resource_is_resolved_to_the_real_table(row, scratch, context):
     before = snapshot(scratch.db)
+    declared = forged_inline(row.args["resource"])  # declared in code: the name itself is checked
     op = UpdateDataOperator(
         task_id="write",
-        population=forged_inline(row.args["resource"]),
+        population=Population.inline(declared["rows"], key="id", resource=row.args["resource"]),
         operation="update",
         campaign_conn_id=scratch.conn_id,
     )
@@ -728,8 +734,8 @@ def test_the_fields_of_a_dict_are_checked(row):
 @bad_input(
     "Population",
     "a recorded staging table with a key that is not one of its columns",
-    "Refused: `population: key='nope' is not a column of campaign_staging.… (columns: ['id', …]); give key= "
-    "one of them.`",
+    "Refused: `population: the population dict says resource='profiles', key='nope', but the task that made "
+    "campaign_staging.… recorded resource='profiles', key='id'; a dict cannot relabel a staging table's rows`",
 )
 def test_a_key_that_is_not_a_real_column_is_refused(scratch, context, tmp_path):
     real = QueryOperator(task_id="real", where="id <= 5", campaign_conn_id=scratch.conn_id).execute(
@@ -741,7 +747,9 @@ def test_a_key_that_is_not_a_real_column_is_refused(scratch, context, tmp_path):
         path=str(tmp_path / "out.csv"),
         campaign_conn_id=scratch.conn_id,
     )
-    with pytest.raises(CampaignError, match=r"population: key='nope' is not a column of campaign_staging\."):
+    with pytest.raises(
+        CampaignError, match=r"population: the population dict says resource='profiles', key='nope'"
+    ):
         op.execute(context("extract"))
     assert files(tmp_path) == []
 

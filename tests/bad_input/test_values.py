@@ -51,3 +51,20 @@ def test_an_error_message_is_never_a_megabyte(row: Row) -> None:
     assert len(message) <= MESSAGE_LIMIT
     assert message.startswith("option='xxx") and message.endswith("the fix is here.")
     assert "characters left out" in message
+
+
+@cases(
+    Row(
+        "QueryOperator",
+        "where with a backslash in a plain string ('a\\b')",
+        "refused when the DAG is parsed: `has a backslash in the string 'a\\b'; write E'...' for escapes, or pass "
+        "the value through parameters=` (a plain string must read the same whatever standard_conforming_strings is)",
+        args={"where": "email = 'a\\b'"},
+    ),
+)
+def test_a_backslash_in_a_plain_string_is_refused(row: Row) -> None:
+    from airflow_campaign.operators.targeting import QueryOperator
+
+    with pytest.raises(CampaignError, match=r"has a backslash in the string"):
+        QueryOperator(task_id="q", where=row.args["where"])
+    QueryOperator(task_id="q", where="email = E'a\\\\b'")  # the escape string form is accepted

@@ -312,7 +312,7 @@ TIMED_OUT_TRY = textwrap.dedent(
         channel_options={"smtp_conn_id": conn_id, "connections": 2}, page_size=200, max_error_rate=None,
         subject="Hi", html=html, from_addr="news@example.com", unsubscribe_url="https://example.com/u",
     )
-    ti = SimpleNamespace(dag_id="race_dag", task_id="timed", run_id="timed", map_index=-1, try_number=1,
+    ti = SimpleNamespace(dag_id="test_dag", task_id="timed", run_id="timed", map_index=-1, try_number=1,
                          xcom_push=lambda key, value: None)
     try:
         with timeout(1.0):  # what Airflow's task runner does for execution_timeout

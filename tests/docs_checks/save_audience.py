@@ -67,7 +67,7 @@ def check_save_audience(db: psycopg.Connection) -> None:
     assert re.fullmatch(re.escape(out) + r"/audiences/docs_loyal_customers_\d{8}\.csv", as_file["path"])
     # written under a version of that path, which the audience row names
     assert re.fullmatch(
-        re.escape(out) + r"/audiences/docs_loyal_customers_\d{8}\.v\d{8}T\d{12}Z\.csv", as_file["uri"]
+        re.escape(out) + r"/audiences/docs_loyal_customers_\d{8}\.a\d+\.v\d{8}T\d{12}Z\.csv", as_file["uri"]
     )
     with open(as_file["uri"], encoding="utf-8") as handle:
         lines = handle.read().splitlines()

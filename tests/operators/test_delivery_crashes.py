@@ -64,7 +64,7 @@ def people(scratch, context, monkeypatch):
         campaign_conn_id=scratch.conn_id,
         where=f"id > {BASE}",
         columns=["first_name", "loyalty_points"],
-    ).execute(context("everyone"))
+    ).execute(context("everyone", dag_id="crash_dag"))  # the population of the DAG that sends it
 
 
 def gone(db) -> None:

@@ -259,6 +259,20 @@ def test_a_retry_replaces_the_staging_table(db, context):
     assert ids(db, second) == [100, 101, 102, 103, 104]
 
 
+def test_a_retry_that_fails_in_the_select_keeps_the_first_tries_table(db, context):
+    """The table is replaced (DROP, then CREATE ... AS SELECT) in one transaction: a try whose
+    SELECT fails at run time leaves the previous try's table and its recorded count."""
+    first = QueryOperator(task_id="retry_fail", where="id <= 3").execute(context("retry_fail", run_id="r"))
+    with pytest.raises(CampaignError, match=r"where=.*the database rejected the SQL \(DivisionByZero"):
+        QueryOperator(task_id="retry_fail", where="id / (id - id) > 0").execute(
+            context("retry_fail", run_id="r")
+        )
+    assert ids(db, first) == [1, 2, 3]
+    assert db.execute(
+        "SELECT row_count FROM campaign.staging_tables WHERE table_name = %s", (first["table"],)
+    ).fetchall() == [(3,)]
+
+
 def test_where_and_columns_are_templated(db, context):
     op = QueryOperator(
         task_id="templated", where="country = '{{ params.country }}'", columns=["{{ params.column }}"]
@@ -286,7 +300,7 @@ def test_a_million_rows_pass_between_tasks_in_a_tiny_xcom(db, context):
         assert len(json.dumps(big)) < 1024
         assert count(db, f"SELECT count(*) FROM {big['table']}") == 1_000_000
         drop = Population.inline([{"id": 1}, {"id": 500_000}, {"id": 2_000_000}], resource="t1m.big")
-        rest = ExclusionOperator(task_id="rest", primary=big, exclude=drop.to_dict()).execute(context("rest"))
+        rest = ExclusionOperator(task_id="rest", primary=big, exclude=drop).execute(context("rest"))
         made.append(rest["table"])
         assert rest["count"] == 999_998
         assert len(json.dumps(rest)) < 1024
