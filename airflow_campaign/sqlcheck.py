@@ -64,9 +64,9 @@ Check = Callable[[str, Any, Any], sql.Composable]
 
 def templated(value: Any, template_ext: Sequence[str] = ()) -> bool:
     """True when Airflow renders ``value`` before execute(): a Jinja template or a template file name."""
-    return isinstance(value, str) and (
-        "{{" in value or "{%" in value or value.strip().endswith(tuple(template_ext))
-    )
+    from airflow_campaign.options import templated as jinja  # the one test for Jinja and XComArgs
+
+    return isinstance(value, str) and (jinja(value) or value.strip().endswith(tuple(template_ext)))
 
 
 @dataclass

@@ -177,7 +177,7 @@ class ExtractFileOperator(CampaignBaseOperator):
             encoding=encoding,
             compression=compression,
             compression_level=compression_level,
-            encrypt_with=None if _templated(encrypt_with) else encrypt_with,
+            encrypt_with=None if opt.templated(encrypt_with) else encrypt_with,
             decimal_separator=decimal_separator,
         )
         if isinstance(columns, (list, tuple)):
@@ -344,7 +344,3 @@ class ExtractFileOperator(CampaignBaseOperator):
             ["columns"] if any(s.get("expr") for s in specs or []) else []
         )
         return "/".join(given) or "population"
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value

@@ -53,11 +53,6 @@ def check_audience_name(option: str, name: Any, max_length: int = NAME_MAX) -> N
         )
 
 
-def is_templated(value: str) -> bool:
-    """Whether ``value`` holds Jinja that Airflow renders before ``execute``."""
-    return "{{" in value or "{%" in value
-
-
 def run_stamp(context: Any) -> str:
     """The date and time of the run, ``YYYYMMDDTHHMMSS`` in UTC: the same for every try of the run.
 
@@ -211,9 +206,9 @@ class SaveAudienceOperator(CampaignBaseOperator):
                 f"path={path!r}: a list audience keeps its members in the database; leave path out, "
                 "or use type='file' to save the population as a file."
             )
-        if path is not None and not is_templated(path):
+        if path is not None and not opt.templated(path):
             _file_format("path", path)
-        if export_to is not None and not is_templated(export_to):
+        if export_to is not None and not opt.templated(export_to):
             _check_export_name(export_to)
         self.population = population
         self.audience = audience
@@ -225,8 +220,8 @@ class SaveAudienceOperator(CampaignBaseOperator):
         self.aws_conn_id = aws_conn_id
         self.asset: Asset | None = None
         self.alias: AssetAlias | None = None
-        if is_templated(audience) or mode == "create_unique":
-            if not is_templated(audience):
+        if opt.templated(audience) or mode == "create_unique":
+            if not opt.templated(audience):
                 check_audience_name("audience", audience, NAME_MAX - len("_YYYYMMDDTHHMMSS"))
             self.alias = AssetAlias(asset_alias or f"campaign_audiences:{audience}")
             self.outlets.append(self.alias)
