@@ -32,7 +32,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": INTEGRATION,
-                "tags": ["marketing", "email", "postgres"],
+                "tags": ["marketing", "email", "sms", "push", "postgres"],
             }
         ],
         "operators": [
@@ -46,6 +46,9 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_campaign.operators.subscription_services",
                     "airflow_campaign.operators.extract_file",
                     "airflow_campaign.operators.deliveries",
+                    "airflow_campaign.operators.sms",
+                    "airflow_campaign.operators.push",
+                    "airflow_campaign.operators.feedback",
                 ],
             }
         ],

@@ -10,13 +10,14 @@ here in SQL from those recorded inputs, never with a table the operator wrote it
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from email.utils import getaddresses
@@ -82,6 +83,19 @@ _DELIVERY = (
     f" FROM ({_SCREENED}) s"
 )
 _RECIPIENTS = f"SELECT id FROM ({_DELIVERY}) d WHERE reason IS NULL"
+# the gold SMS: one per valid number (campaign_demo.gold_phones, read at input time), the smallest id
+_SMS_SENT = (
+    "SELECT DISTINCT ON (g.e164) g.id, g.e164 FROM campaign_demo.gold_phones g JOIN campaign_demo.profiles p"
+    " ON p.id = g.id WHERE NOT p.sms_denylisted AND g.e164 NOT IN"
+    " (SELECT address FROM campaign_demo.quarantine WHERE channel = 'sms') ORDER BY g.e164, g.id"
+)
+# the gold push: the gold profiles with an enabled install of the shop app
+_PUSH_SENT = (
+    "SELECT DISTINCT a.profile_id FROM campaign_demo.app_subscriptions a JOIN campaign_demo.profiles p"
+    f" ON p.id = a.profile_id WHERE p.id IN ({_GOLD}) AND a.app = 'shop' AND a.enabled AND NOT p.push_denylisted"
+    " AND lower(a.platform || ':' || a.device_token) NOT IN"
+    " (SELECT address FROM campaign_demo.quarantine WHERE channel = 'push')"
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,10 @@ EXPECT: dict[str, Expect] = {
     "promotions": Expect(_TO_SUBSCRIBE),
     "gold_email: targets": Expect(_GOLD),
     "gold_email: sent": Expect(_RECIPIENTS),
+    "gold_sms: targets": Expect(_GOLD),
+    "gold_sms: sent": Expect(f"SELECT id FROM ({_SMS_SENT}) s"),
+    "gold_push: targets": Expect(_GOLD),
+    "gold_push: sent": Expect(_PUSH_SENT),
 }
 
 
@@ -156,8 +174,8 @@ def record_inputs(conn: Any, signups: Path) -> None:
         conn.execute("DROP SCHEMA IF EXISTS campaign_demo CASCADE")
         conn.execute("CREATE SCHEMA campaign_demo")
         conn.execute(
-            "CREATE TABLE campaign_demo.profiles AS SELECT id, email, country, locale, loyalty_points,"
-            " email_denylisted FROM campaign.profiles"
+            "CREATE TABLE campaign_demo.profiles AS SELECT id, email, phone, country, locale, loyalty_points,"
+            " email_denylisted, sms_denylisted, push_denylisted FROM campaign.profiles"
         )
         conn.execute(
             "CREATE TABLE campaign_demo.subscriptions AS SELECT v.name AS service, s.profile_id"
@@ -171,13 +189,34 @@ def record_inputs(conn: Any, signups: Path) -> None:
             "CREATE TABLE campaign_demo.quarantine AS SELECT channel, address FROM campaign.quarantine"
         )
         conn.execute(
+            "CREATE TABLE campaign_demo.app_subscriptions AS SELECT profile_id, app, platform, device_token,"
+            " enabled FROM campaign.app_subscriptions"
+        )
+        conn.execute(
             "CREATE TABLE campaign_demo.signups (line integer PRIMARY KEY, email text, points integer)"
         )
         with conn.cursor().copy("COPY campaign_demo.signups (line, email, points) FROM STDIN") as copy:
             for row in parse_signups(signups):
                 copy.write_row(row)
         conn.execute("ALTER TABLE campaign_demo.profiles ADD PRIMARY KEY (id)")
-        for table in ("profiles", "subscriptions", "audience_members", "quarantine", "signups"):
+        # the gold profiles' numbers, read here with phonenumbers (not by the delivery's cache)
+        conn.execute("CREATE TABLE campaign_demo.gold_phones (id bigint PRIMARY KEY, e164 text NOT NULL)")
+        with conn.cursor(name="demo_gold_phones") as cur:  # a page at a time: fetch, then COPY
+            cur.execute(
+                f"SELECT id, phone, country FROM campaign_demo.profiles WHERE id IN ({_GOLD}) AND phone IS NOT NULL"
+            )
+            while page := cur.fetchmany(5000):
+                with conn.cursor().copy("COPY campaign_demo.gold_phones (id, e164) FROM STDIN") as copy:
+                    for number in _valid_numbers(page):
+                        copy.write_row(number)
+        for table in (
+            "profiles",
+            "subscriptions",
+            "audience_members",
+            "quarantine",
+            "signups",
+            "app_subscriptions",
+        ):
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("campaign_demo", table)))
 
 
@@ -491,6 +530,78 @@ def check_email(conn: Any, run_id: str, outbox: Path) -> Line:
     )
 
 
+def _outbox_json(folder: Path, key: str) -> list[str]:
+    """The ``key`` of every .json message file in ``folder``."""
+    return [str(json.loads(p.read_text(encoding="utf-8")).get(key)) for p in sorted(folder.glob("*.json"))]
+
+
+def _valid_numbers(rows: Iterable[tuple[int, str, str | None]]) -> Iterator[tuple[int, str]]:
+    """(id, E.164) of each (id, phone, country) whose phone phonenumbers reads as a valid number."""
+    import phonenumbers
+
+    for pid, phone, country in rows:
+        try:
+            number = phonenumbers.parse(phone, country)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            yield pid, phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _sms_numbers(conn: Any) -> set[str]:
+    """The numbers the gold SMS must go to: valid, not denylisted, not quarantined."""
+    return {a for (a,) in conn.execute(f"SELECT e164 FROM ({_SMS_SENT}) s")}
+
+
+def check_sms(conn: Any, run_id: str, outbox: Path) -> Line:
+    """gold_sms: one .json file per valid, reachable gold number, each once."""
+    summary = xcom(DAG_ID, run_id, "gold_sms", "report")
+    if summary is None:
+        return "gold_sms", "nothing delivered", "no report in XCom", False
+    expected = _sms_numbers(conn)
+    found = _outbox_json(outbox, "to")
+    sent = summary["by_status"].get("sent", 0)
+    missing, extra = len(expected - set(found)), len(set(found) - expected)
+    twice = len(found) - len(set(found))
+    return (
+        "gold_sms",
+        f"sent {sent} of {summary['total']}; excluded: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(summary["excluded"].items())) or "none"),
+        f"{len(found)} .json files to the {len(expected)} numbers phonenumbers finds valid and reachable"
+        + (f" ({missing} missing, {extra} unexpected, {twice} twice)" if missing or extra or twice else ""),
+        not missing and not extra and not twice and sent == len(expected),
+    )
+
+
+def check_push(conn: Any, run_id: str, outbox: Path) -> Line:
+    """gold_push: one .json file per enabled install of the shop app by a gold profile."""
+    summary = xcom(DAG_ID, run_id, "gold_push", "report")
+    if summary is None:
+        return "gold_push", "nothing delivered", "no report in XCom", False
+    expected = {
+        a
+        for (a,) in conn.execute(
+            "SELECT a.platform || ':' || a.device_token FROM campaign_demo.app_subscriptions a"
+            " JOIN campaign_demo.profiles p ON p.id = a.profile_id"
+            f" WHERE p.id IN ({_GOLD}) AND a.app = 'shop' AND a.enabled AND NOT p.push_denylisted"
+            " AND lower(a.platform || ':' || a.device_token) NOT IN"
+            " (SELECT address FROM campaign_demo.quarantine WHERE channel = 'push')"
+        )
+    }
+    found = _outbox_json(outbox, "to")
+    sent = summary["by_status"].get("sent", 0)
+    missing, extra = len(expected - set(found)), len(set(found) - expected)
+    twice = len(found) - len(set(found))
+    return (
+        "gold_push",
+        f"sent {sent} to {sent} devices; excluded: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(summary["excluded"].items())) or "none"),
+        f"{len(found)} .json files to the {len(expected)} devices of the app the gold profiles have"
+        + (f" ({missing} missing, {extra} unexpected, {twice} twice)" if missing or extra or twice else ""),
+        not missing and not extra and not twice and sent == len(expected),
+    )
+
+
 def activities(conn: Any, run_id: str, workdir: Path) -> list[Line]:
     """(task, what it did, what the inputs and its results say, whether they agree) per using task."""
     return [
@@ -499,12 +610,19 @@ def activities(conn: Any, run_id: str, workdir: Path) -> list[Line]:
         check_points(conn, run_id),
         check_promotions(conn, run_id),
         check_email(conn, run_id, workdir / "outbox"),
+        check_sms(conn, run_id, workdir / "outbox_sms"),
+        check_push(conn, run_id, workdir / "outbox_push"),
     ]
 
 
 def clear_outputs(work: Path) -> int:
-    """Remove a previous demo's gold extracts and .eml files (the checks read them); how many."""
-    old = [*(work / "out").glob("gold_customers_*"), *(work / "outbox").glob("*.eml")]
+    """Remove a previous demo's gold extracts and message files (the checks read them); how many."""
+    old = [
+        *(work / "out").glob("gold_customers_*"),
+        *(work / "outbox").glob("*.eml"),
+        *(work / "outbox_sms").glob("*.json"),
+        *(work / "outbox_push").glob("*.json"),
+    ]
     for path in old:
         path.unlink()
     return len(old)

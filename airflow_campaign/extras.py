@@ -19,6 +19,7 @@ EXTRAS: dict[str, str] = {
     "parquet": "Parquet files",
     "pgp": "OpenPGP encryption of extracts",
     "pandas": "DataFrames as populations",
+    "sms": "SMS deliveries: phone numbers and GSM-7",
 }
 
 

@@ -229,7 +229,8 @@ def seed(conn: Any, profiles: int, seed: int = 42, *, force: bool = False) -> di
         conn.execute(
             "TRUNCATE campaign.profiles, campaign.subscriptions, campaign.subscription_events,"
             " campaign.quarantine, campaign.app_subscriptions, campaign.audience_members,"
-            " campaign.audience_sizes, campaign.audiences, campaign.services RESTART IDENTITY CASCADE"
+            " campaign.audience_sizes, campaign.audiences, campaign.services, campaign.feedback_events"
+            " RESTART IDENTITY CASCADE"
         )
         conn.execute("DROP INDEX IF EXISTS campaign.profiles_email_idx")
         conn.execute("DROP INDEX IF EXISTS campaign.profiles_phone_idx")
@@ -264,10 +265,22 @@ def seed(conn: Any, profiles: int, seed: int = 42, *, force: bool = False) -> di
             " ORDER BY lower(email), id",
             {"anchor": ANCHOR, "seed": seed},
         )
+        # STOP replies: quarantined as the SMS feedback records them, in E.164 (the seed's three
+        # spellings: +<cc><digits>, 00<cc>-<digits>, <trunk><digits> with spaces)
+        dialling = (
+            "(VALUES " + ", ".join(f"('{c}', '{cc}', '{trunk}')" for c, _, _, cc, trunk, _ in COUNTRIES) + ")"
+        )
         conn.execute(
             "INSERT INTO campaign.quarantine (channel, address, reason, since)"
-            " SELECT DISTINCT ON (phone) 'sms', phone, 'denylist', %(anchor)s::timestamptz FROM campaign.profiles"
-            " WHERE phone IS NOT NULL AND abs(hashint8extended(id, %(seed)s + 31)) %% 200 = 0 ORDER BY phone, id",
+            " SELECT DISTINCT ON (e164) 'sms', e164, 'denylist', %(anchor)s::timestamptz FROM ("
+            "  SELECT p.id, CASE WHEN p.phone LIKE '+%%' THEN '+' || d.digits"
+            "   WHEN p.phone LIKE '00%%' THEN '+' || substr(d.digits, 3)"
+            "   ELSE '+' || c.cc || substr(d.digits, length(c.trunk) + 1) END AS e164"
+            "  FROM campaign.profiles p"
+            f" JOIN {dialling} AS c(country, cc, trunk) ON c.country = p.country"
+            "  CROSS JOIN LATERAL (SELECT regexp_replace(p.phone, '[^0-9]', '', 'g') AS digits) d"
+            "  WHERE p.phone IS NOT NULL AND abs(hashint8extended(p.id, %(seed)s + 31)) %% 200 = 0) q"
+            " ORDER BY e164, id",
             {"anchor": ANCHOR, "seed": seed},
         )
         conn.execute(

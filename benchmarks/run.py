@@ -1,6 +1,8 @@
 """`make bench`: side-by-side timings of airflow-campaign against hand-written equivalents.
 
-Runs every comparison in one process, prints ratios, and writes benchmarks/results.json:
+Runs every comparison in one process, prints ratios, and writes benchmarks/results.json
+(and benchmarks/machine.json, the machine and the run; at the default scale the README's table
+is then rendered from both by ``python -m benchmarks.table``):
 a list of {"name", "ours_s", "other", "other_s", "ratio", "target", "better", "load_start",
 "load_end"} objects (ratio = ours_s / other_s; `better` says whether a lower or a higher ratio
 is better; the 1-minute load average when the comparison started and ended, so a run on a busy
@@ -142,7 +144,8 @@ def record(
             "load_end": float(load_end),
         }
     )
-    unit = " MB" if "MB" in name else "s"  # memory comparisons hold megabytes in the *_s fields
+    # memory comparisons hold megabytes in the *_s fields, rates (a name ending "/s") a rate
+    unit = " MB" if "MB" in name else "/s" if name.endswith("/s") else "s"
     print(
         f"{name:<44} ours {ours_s:8.3f}{unit}  {other:<34} {other_s:8.3f}{unit}  ratio {ratio:6.3f} "
         f"(target {'<=' if better == 'lower' else '>='} {target}) {'ok' if ok else 'MISSED'}"
@@ -228,6 +231,7 @@ def main() -> int:
     # operators log each run and warn that they run outside a Task Runner: keep the ratios readable
     logging.getLogger("airflow.task.operators").setLevel(logging.ERROR)
     scale = int(os.environ.get("BENCH_SCALE", "1000000"))
+    started = time.time()
     url = database(scale)
     results: list[dict[str, Any]] = []
     bench_query(url, results, scale)
@@ -260,8 +264,21 @@ def main() -> int:
 
     bench_prepare(url, results, scale)
     bench_shards(url, results, scale)
+    from benchmarks.sms import bench_sms
+
+    bench_sms(url, results, scale)
+    from benchmarks.sns import bench_sns
+
+    bench_sns(results)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
+    from benchmarks import table
+
+    run = table.machine(url, scale, started, time.time())
+    table.MACHINE.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {table.MACHINE}")
+    if scale == 1_000_000:  # the README's table shows the full-size run only
+        table.main()
     return 0
 
 

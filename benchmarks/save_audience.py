@@ -6,7 +6,7 @@ a population of keys N/10+1..N+N/10: 90 % overlap, N/10 removed, N/10 added) and
 same work in one transaction: the DELETE of members not in the population (replace), the INSERT
 of the new ones, the audiences row update and the size history row. Before every call of either
 side the audience is reset, untimed, to the same start state (members 1..N, no history, table
-vacuumed); both sides must end with the same members (md5 of the sorted keys) and the same
+rewritten with VACUUM FULL); both sides must end with the same members (md5 of the sorted keys) and the same
 counts. Run alone with ``python -m benchmarks.save_audience`` (same BENCH_SCALE and database as
 ``make bench``).
 """
@@ -46,7 +46,7 @@ def _prepare(conn: psycopg.Connection, scale: int) -> int:
 
 
 def _reset(conn: psycopg.Connection, audience_id: int, scale: int) -> None:
-    """Members 1..N (inserted in key order), no size history; the members table vacuumed."""
+    """Members 1..N (inserted in key order), no size history; the members table rewritten."""
     conn.execute("DELETE FROM campaign.audience_members WHERE audience_id = %s", (audience_id,))
     conn.execute(
         "INSERT INTO campaign.audience_members (audience_id, member_key)"
@@ -57,7 +57,9 @@ def _reset(conn: psycopg.Connection, audience_id: int, scale: int) -> None:
     conn.execute(
         "UPDATE campaign.audiences SET row_count = %s, columns = NULL WHERE id = %s", (scale, audience_id)
     )
-    conn.execute("VACUUM ANALYZE campaign.audience_members")
+    # rewritten, not only vacuumed: a plain VACUUM leaves the heap's free space and the index's
+    # half-empty pages of earlier rounds, so each round would start from a different layout
+    conn.execute("VACUUM FULL ANALYZE campaign.audience_members")
     conn.execute("VACUUM ANALYZE campaign.audience_sizes")
     conn.execute("CHECKPOINT")
 

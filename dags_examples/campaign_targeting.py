@@ -1,7 +1,8 @@
 """Demo campaign: target French newsletter readers, clean the list, enrich and split it into
 segments; then use it: save it as an audience, extract the gold segment to a file, raise the
-points of store sign-ups and subscribe them to the promotions service; finally email the gold
-segment (through the outbox: one .eml file per message) and report who got it and why not.
+points of store sign-ups and subscribe them to the promotions service; finally email, text and
+notify the gold segment (through the outbox: one .eml file per email, one .json file per SMS and
+per device) and report who got it and why not.
 
 Runs on the seeded demo data (``airflow-campaign seed``): `make demo` runs it with ``dag.test()``.
 """
@@ -15,7 +16,9 @@ from airflow.sdk import DAG
 
 from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 from airflow_campaign.operators.extract_file import ExtractFileOperator
+from airflow_campaign.operators.push import PushDeliveryOperator
 from airflow_campaign.operators.save_audience import SaveAudienceOperator
+from airflow_campaign.operators.sms import SmsDeliveryOperator
 from airflow_campaign.operators.subscription_services import SubscriptionServicesOperator
 from airflow_campaign.operators.targeting import (
     DeduplicationOperator,
@@ -33,6 +36,8 @@ DEMO_DIR = os.environ.get("CAMPAIGN_DEMO_DIR", ".campaign")
 SIGNUPS = os.path.join(DEMO_DIR, "in", "store_signups.csv")
 EXTRACTS = os.path.join(DEMO_DIR, "out")
 OUTBOX = os.path.join(DEMO_DIR, "outbox")
+SMS_OUTBOX = os.path.join(DEMO_DIR, "outbox_sms")
+PUSH_OUTBOX = os.path.join(DEMO_DIR, "outbox_push")
 
 with DAG(
     dag_id="campaign_targeting",
@@ -142,4 +147,25 @@ with DAG(
         unsubscribe_url="https://shop.example.com/unsubscribe",
         channel="outbox",
         channel_options={"folder": OUTBOX},
+    )
+    gold_sms = SmsDeliveryOperator(
+        task_id="gold_sms",
+        population=segments.output["gold"],
+        delivery="demo_gold_sms",
+        text="{{ first_name }}, gold member: 10% off your next visit with your {{ loyalty_points }} points",
+        stop_footer="STOP 36111",
+        transliterate=True,
+        channel="outbox",
+        channel_options={"folder": SMS_OUTBOX},
+    )
+    gold_push = PushDeliveryOperator(
+        task_id="gold_push",
+        population=segments.output["gold"],
+        delivery="demo_gold_push",
+        app="shop",
+        title="{{ first_name }}, thank you",
+        body="{{ loyalty_points }} points: 10% off your next visit",
+        deeplink="shop://offers/gold",
+        channel="outbox",
+        channel_options={"folder": PUSH_OUTBOX},
     )

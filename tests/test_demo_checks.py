@@ -71,6 +71,8 @@ def test_demo_checks_pass_on_a_run_and_fail_on_a_corrupted_result(
         "raise_points",
         "promotions",
         "gold_email",
+        "gold_sms",
+        "gold_push",
     ]
     assert failing() == set(), used
     assert str(tmp_path / "out" / "gold_customers_") in used[1][1]
@@ -112,6 +114,24 @@ def test_demo_checks_pass_on_a_run_and_fail_on_a_corrupted_result(
         (run_id,),
     )
     assert failing() == {"gold_file", "readers_audience", "raise_points", "gold_email", "promotions"}
+
+    # one SMS less, one push more (a copy of a device's message under another name)
+    next((tmp_path / "outbox_sms").glob("*.json")).unlink()
+    assert "gold_sms" in failing()
+    first = next((tmp_path / "outbox_push").glob("*.json"))
+    (tmp_path / "outbox_push" / "999999999.json").write_text(
+        first.read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    assert failing() == {
+        "gold_file",
+        "readers_audience",
+        "raise_points",
+        "gold_email",
+        "promotions",
+        "gold_sms",
+        "gold_push",
+    }
+    assert "1 twice" in demo.check_push(conn, run_id, tmp_path / "outbox_push")[2]
 
     # one row less in a population: its line of the first table fails, and only it
     gold_table = _table(conn, run_id, "segments", "gold")

@@ -30,7 +30,16 @@ from airflow_campaign.extras import EXTRAS, install_command
 ROOT = Path(__file__).resolve().parent.parent
 #: What each extra brings that the core must not need. The amazon provider's package itself stays
 #: importable: Airflow reads its provider info through the entry point the installed package has.
-BLOCKED = ["pyarrow", "pandas", "pysequoia", "boto3", "botocore", "airflow.providers.amazon.aws"]
+BLOCKED = [
+    "pyarrow",
+    "pandas",
+    "pysequoia",
+    "boto3",
+    "botocore",
+    "phonenumbers",
+    "gsm0338",
+    "airflow.providers.amazon.aws",
+]
 
 SCRIPT = r"""
 import json, sys
@@ -47,6 +56,7 @@ import psycopg
 from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 from airflow_campaign.operators.extract_file import ExtractFileOperator
 from airflow_campaign.operators.save_audience import SaveAudienceOperator
+from airflow_campaign.operators.sms import SmsDeliveryOperator
 from airflow_campaign.operators.targeting import LoadFileOperator, QueryOperator
 from airflow_campaign.operators.update_data import UpdateDataOperator
 from tests.conftest import FakeTaskInstance
@@ -106,6 +116,12 @@ attempt("pgp", lambda: ExtractFileOperator(
     task_id="pgp", sql="SELECT 1 AS one", path=str(folder / "out" / "one.csv.gpg"), timestamp_in_name=False,
     encrypt_with="variable:partner_public_key", campaign_conn_id=conn_id))
 attempt("ses", lambda: email("ses", channel="ses", delivery="extras_ses"))
+attempt("sms", lambda: SmsDeliveryOperator(
+    task_id="sms", population=results["query"]["ok"], text="Hi", message_type="transactional",
+    channel="outbox", channel_options={"folder": str(folder / "sms")}, campaign_conn_id=conn_id))
+attempt("sms_footer", lambda: SmsDeliveryOperator(
+    task_id="sms_footer", population=results["query"]["ok"], text="Hi", stop_footer="STOP 36111",
+    channel="outbox", campaign_conn_id=conn_id))
 
 with psycopg.connect(url) as conn:
     points = conn.execute("SELECT id, loyalty_points FROM campaign.profiles WHERE id IN (1, 2) ORDER BY id").fetchall()
@@ -113,7 +129,7 @@ print(json.dumps({
     "results": results,
     "points": points,
     "still_blocked": [name for name in blocked if sys.modules.get(name) is not None],
-    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in {b.split(".")[0] for b in blocked[:5]}
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in {b.split(".")[0] for b in blocked[:-1]}
                      and sys.modules[m] is not None),
 }, default=str))
 """
@@ -185,6 +201,8 @@ def test_the_core_works_without_any_extra(without_extras: dict[str, Any]) -> Non
         ("s3_out", "amazon", "path='s3://campaign-out/one.csv'"),
         ("pgp", "pgp", "encrypt_with"),
         ("ses", "amazon", "channel='ses'"),
+        ("sms", "sms", "an SMS delivery"),
+        ("sms_footer", "sms", "an SMS delivery"),
     ],
 )
 def test_a_feature_without_its_extra_names_the_extra(
@@ -225,5 +243,7 @@ def test_the_extras_are_declared_and_dev_installs_them_all() -> None:
         ("parquet", "pyarrow"),
         ("pgp", "pysequoia"),
         ("pandas", "pandas"),
+        ("sms", "phonenumbers"),
+        ("sms", "gsm0338"),
     ]:
         assert library in needed(extra) and not any(c.startswith(library) for c in core)

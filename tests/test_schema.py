@@ -24,6 +24,8 @@ TABLES = {
     "delivery_claims",
     "quarantine",
     "app_subscriptions",
+    "phone_numbers",
+    "feedback_events",
     "staging_tables",
     "incremental_state",
     "incremental_history",

@@ -22,7 +22,8 @@ def _classes() -> dict[str, type]:
 
 def email_channel_options(kind: str) -> list[str]:
     """The options an email channel takes (its constructor's parameters)."""
-    return list(inspect.signature(_class(kind)).parameters)
+    # the outbox's file extension is the delivery's to set (eml for email), not an option
+    return [p for p in inspect.signature(_class(kind)).parameters if p != "extension"]
 
 
 def _class(kind: str) -> type:

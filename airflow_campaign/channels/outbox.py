@@ -22,8 +22,8 @@ FOLDER_ENV = "CAMPAIGN_OUTBOX_DIR"
 BUILTIN_FOLDER = ".campaign/outbox"
 
 
-def file_name(log_id: int) -> str:
-    return f"{log_id}.eml"
+def file_name(log_id: int, extension: str = "eml") -> str:
+    return f"{log_id}.{extension}"
 
 
 def default_folder(delivery: str) -> str:
@@ -45,6 +45,8 @@ class OutboxChannel:
 
     :param folder: where the files go (created if missing); ``None`` for null mode.
     :param null: accept and discard every message, writing nothing (``folder`` is then ignored).
+    :param extension: the files' extension: ``eml`` for email (the default), ``json`` for SMS
+        and push payloads (set by the delivery).
 
     ``messages`` and ``bytes`` count what was accepted, in both modes.
     """
@@ -53,7 +55,12 @@ class OutboxChannel:
     concurrency = 1
     resend_safe = True  # a message sent again replaces its file (null mode: nothing is kept)
 
-    def __init__(self, folder: str | os.PathLike[str] | None = None, null: bool = False) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str] | None = None, null: bool = False, extension: str = "eml"
+    ) -> None:
+        if extension not in ("eml", "json"):
+            raise CampaignError(f"extension={extension!r}: the outbox writes 'eml' or 'json' files.")
+        self.extension = extension
         self.null = null or folder is None
         self.folder = None if self.null or folder is None else Path(folder)
         self.messages = 0
@@ -107,7 +114,7 @@ class OutboxChannel:
         return Result(envelope.log_id, "sent")
 
     def _write(self, folder: Path, envelope: Envelope) -> Result:
-        name = file_name(envelope.log_id)
+        name = file_name(envelope.log_id, self.extension)
         temporary = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(temporary, "wb") as file:

@@ -31,6 +31,9 @@ MAX_THREADS = 64
 PERMANENT_CODES = frozenset(
     {
         "MessageRejected",
+        "EndpointDisabled",
+        "InvalidParameter",
+        "OptedOut",
         "MailFromDomainNotVerifiedException",
         "BadRequestException",
         "InvalidParameterValue",
@@ -102,12 +105,46 @@ def classify(exc: BaseException) -> tuple[Classified, str]:
     return "transient", f"{type(exc).__name__}: {exc}"
 
 
-def outcome_of(exc: BaseException, log_id: int, on_uncertain: OnUncertain) -> Result:
+def outcome_of(exc: BaseException, log_id: int, on_uncertain: OnUncertain, service: str = "SES") -> Result:
     kind, text = classify(exc)
     if kind == "uncertain":
-        return uncertain(log_id, on_uncertain, f"no answer from SES ({text})")
+        return uncertain(log_id, on_uncertain, f"no answer from {service} ({text})")
     outcome: Outcome = kind
     return Result(log_id, outcome, error=text)
+
+
+def make_client(
+    client_type: str, aws_conn_id: str | None, region_name: str | None, threads: int, feature: str
+) -> Any:
+    """A boto3 client of ``client_type`` from the amazon provider's AWS connection, for ``threads``
+    threads, with the SDK's retries off unless the connection's ``config_kwargs`` set some."""
+    with needs("amazon", feature):
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
+    where = f"aws_conn_id={aws_conn_id!r}"
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type=client_type, region_name=region_name)
+    try:
+        session = hook.get_session(region_name=hook.region_name)
+        region = session.region_name
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        raise CampaignError(f"{where}: cannot set up AWS credentials ({exc}). Check the connection.") from exc
+    if not region:
+        raise CampaignError(
+            f"{where}: no AWS region. Set region_name in the connection's extra (or pass region_name=)."
+        )
+    if credentials is None:
+        raise CampaignError(
+            f"{where}: no AWS credentials found. Set the access key and secret on the connection, or "
+            "give the worker an IAM role / AWS_* environment variables."
+        )
+    base = hook.config
+    ours: dict[str, Any] = {"max_pool_connections": max(threads, base.max_pool_connections or 10)}
+    if base.retries is None:
+        ours["retries"] = {"total_max_attempts": 1}
+    return hook.get_client_type(region_name=region, config=base.merge(Config(**ours)))
 
 
 class SesChannel:
@@ -146,44 +183,15 @@ class SesChannel:
 
     def check(self) -> None:
         if self.client is None:
-            self.client = self._make_client()
+            self.client = make_client(
+                "sesv2", self.aws_conn_id, self.region_name, self.threads, "channel='ses'"
+            )
 
     def open(self) -> None:
         if self._pool is not None:
             return
         self.check()
         self._pool = WorkerPool(self.threads, "ses")
-
-    def _make_client(self) -> Any:
-        with needs("amazon", "channel='ses'"):
-            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-            from botocore.config import Config
-            from botocore.exceptions import BotoCoreError
-
-        where = f"aws_conn_id={self.aws_conn_id!r}"
-        hook = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sesv2", region_name=self.region_name)
-        try:
-            session = hook.get_session(region_name=hook.region_name)
-            region = session.region_name
-            credentials = session.get_credentials()
-        except BotoCoreError as exc:
-            raise CampaignError(
-                f"{where}: cannot set up AWS credentials ({exc}). Check the connection."
-            ) from exc
-        if not region:
-            raise CampaignError(
-                f"{where}: no AWS region. Set region_name in the connection's extra (or pass region_name=)."
-            )
-        if credentials is None:
-            raise CampaignError(
-                f"{where}: no AWS credentials found. Set the access key and secret on the connection, or "
-                "give the worker an IAM role / AWS_* environment variables."
-            )
-        base = hook.config
-        ours: dict[str, Any] = {"max_pool_connections": max(self.threads, base.max_pool_connections or 10)}
-        if base.retries is None:
-            ours["retries"] = {"total_max_attempts": 1}
-        return hook.get_client_type(region_name=region, config=base.merge(Config(**ours)))
 
     def send_batch(self, envelopes: Sequence[Envelope], gate: Gate = OPEN) -> list[Result]:
         if self._pool is None:

@@ -8,6 +8,7 @@ retry, a re-run or a backfill never sends anybody twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,24 +164,26 @@ def prepare(
     seed: str,
     prepared_by: str = "",
     destinations: sql.Composable | None = None,
+    moment: Any = None,
 ) -> dict[str, Any]:
     """Fill the ledger for this occurrence from ``targets`` (a staging table with the address).
 
-    ``destinations`` is a SELECT of ``(recipient_key, destination, address)`` rows, one per
-    place a recipient is sent to (default: one per recipient of ``targets``, destination
-    ``''``). In the caller's transaction. Rows already in the ledger (a retry, a re-run of the
-    same interval) keep their status; recipients no longer targeted and still pending are
-    excluded.
+    ``destinations`` is a SELECT of ``(recipient_key, destination, address, reason)`` rows, one
+    per place a recipient is sent to (default: one per recipient of ``targets``, destination
+    ``''``, reason NULL); a ``reason`` excludes the row before any rule runs (an SMS's phone
+    number that is not a number). In the caller's transaction. Rows already in the ledger (a
+    retry, a re-run of the same interval) keep their status; recipients no longer targeted and
+    still pending are excluded.
     """
     if destinations is None:
-        destinations = sql.SQL("SELECT {rk}, ''::text, {addr} FROM {t}").format(
+        destinations = sql.SQL("SELECT {rk}, ''::text, {addr}, NULL::text FROM {t}").format(
             rk=sql.Identifier(RECIPIENT), addr=sql.Identifier(ADDRESS), t=qualified(targets)
         )
     conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE delivery_work ON COMMIT DROP AS SELECT d.recipient_key::text AS recipient_key,"
-            " d.destination::text AS destination, d.address::text AS address, NULL::text AS reason"
-            " FROM ({}) AS d(recipient_key, destination, address)"
+            " d.destination::text AS destination, d.address::text AS address, d.reason::text AS reason"
+            " FROM ({}) AS d(recipient_key, destination, address, reason)"
         ).format(destinations)
     )
     conn.execute("CREATE INDEX ON delivery_work (recipient_key, destination)")
@@ -196,6 +199,7 @@ def prepare(
         period_key=info.period_key,
         seed=seed,
         denylist_column=denylist_column,
+        extra={"moment": moment or info.interval_end or dt.datetime.now(dt.timezone.utc)},
     )
     for rule in typology.rules:
         try:

@@ -275,6 +275,95 @@ class SizeLimit(Rule):
         return f"target size limit ({self.size})"
 
 
+class LocalSendTime(Rule):
+    """Send at a local time: keep only the recipients for whom, in their own time zone, the run's
+    moment falls in ``[at, at + window)``, and who were not sent this delivery earlier the same
+    local day. On an hourly DAG each run takes the recipients whose hour has come, once a day.
+
+    :param at: the local time, ``"09:00"``.
+    :param window: how long after ``at`` a recipient may still be taken (``"1h"``: the run of
+        each hour takes the zones whose 09:00 fell in it); at most a day.
+    :param column: the resource's column holding each profile's IANA time zone (``time_zone``);
+        an empty or unknown zone counts as ``default``.
+    :param default: the zone of profiles without a valid one.
+
+    The run's moment is its data interval's end (now, for a run without one), so a backfilled
+    hour takes the recipients it would have taken then; "the same local day" compares the
+    moments of the runs (an earlier run's interval end, else its send time). Recipients left
+    out get the reason ``outside local send time`` or ``already sent today (local)``.
+    """
+
+    reason = "outside local send time"
+
+    def __init__(
+        self, at: str, window: str | float = "1h", column: str = "time_zone", default: str = "UTC"
+    ) -> None:
+        import re
+        import zoneinfo
+
+        from airflow_campaign.durations import parse_duration
+
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(at).strip())
+        if not match:
+            raise CampaignError(f"local_send_time={at!r}: give a local time as 'HH:MM', e.g. '09:00'.")
+        self.minutes = int(match.group(1)) * 60 + int(match.group(2))
+        self.at = f"{int(match.group(1)):02d}:{match.group(2)}"
+        self.window = int(parse_duration(window, "local_send_window"))
+        if not 60 <= self.window <= 86400:
+            raise CampaignError(
+                f"local_send_window={window!r}: give a duration from 1 minute to 1 day (the hourly DAG's '1h')."
+            )
+        try:
+            zoneinfo.ZoneInfo(default)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise CampaignError(
+                f"default_time_zone={default!r}: not an IANA time zone; give one such as 'UTC' or 'Europe/Paris'."
+            ) from exc
+        self.column = column
+        self.default = default
+
+    def statement(self, ctx: RuleContext) -> sql.Composed:
+        moment = ctx.extra.get("moment")
+        start = sql.Literal(f"{self.minutes * 60} seconds")
+        end_seconds = self.minutes * 60 + self.window
+        end = sql.Literal(f"{end_seconds % 86400} seconds")
+        local = sql.SQL("(s.local_now - date_trunc('day', s.local_now))")
+        inside = (
+            sql.SQL("({local} >= {start}::interval AND {local} < {end}::interval)")
+            if end_seconds < 86400
+            else sql.SQL("({local} >= {start}::interval OR {local} < {end}::interval)")
+        ).format(local=local, start=start, end=end)
+        return sql.SQL(
+            "UPDATE {work} w SET reason = CASE WHEN NOT {inside} THEN {outside} ELSE {sent} END FROM ("
+            " SELECT w2.recipient_key, w2.destination, coalesce(z.name, {default}) AS zone,"
+            " ({moment}::timestamptz AT TIME ZONE coalesce(z.name, {default})) AS local_now"
+            " FROM {work} w2 LEFT JOIN {res} r ON r.{key}::text = w2.recipient_key"
+            " LEFT JOIN (SELECT name FROM pg_timezone_names) z ON z.name = r.{column}"
+            " WHERE w2.reason IS NULL) s"
+            " WHERE w.recipient_key = s.recipient_key AND w.destination = s.destination AND (NOT {inside}"
+            " OR EXISTS (SELECT 1 FROM campaign.delivery_logs l JOIN campaign.delivery_occurrences o"
+            " ON o.id = l.occurrence_id WHERE l.delivery_id = {d}"
+            " AND l.recipient_key = w.recipient_key AND l.destination = w.destination"
+            " AND l.status IN ('sent', 'sending', 'unknown') AND l.occurrence_id <> {occ}"
+            " AND (coalesce(o.data_interval_end, l.sent_at) AT TIME ZONE s.zone)::date = s.local_now::date))"
+        ).format(
+            work=ctx.work,
+            inside=inside,
+            outside=sql.Literal(self.reason),
+            sent=sql.Literal("already sent today (local)"),
+            default=sql.Literal(self.default),
+            moment=sql.Literal(moment),
+            res=ctx.resource,
+            key=sql.Identifier(ctx.key),
+            column=sql.Identifier(self.column),
+            d=sql.Literal(ctx.delivery_id),
+            occ=sql.Literal(ctx.occurrence_id),
+        )
+
+    def describe(self) -> str:
+        return f"local send time ({self.at}, {self.window // 60} min)"
+
+
 class SqlRule(Rule):
     """A rule of your own: exclude, with ``reason``, the rows where ``where`` (SQL over ``w``) holds.
 
@@ -315,7 +404,43 @@ def email_typology(
 ) -> Typology:
     """The standard order: address missing, invalid, denylisted, quarantined, not subscribed,
     duplicate address, (already sent this period), fatigue, your extra rules, control group, size limit."""
-    rules: list[Rule] = [MissingAddress(), InvalidAddress(), Denylisted(), Quarantined(), NotSubscribed()]
+    return _standard(EMAIL_SYNTAX, fatigue, control_group, size_limit, once_per_period, extra)
+
+
+#: An E.164 number: what an SMS delivery's addresses are once normalised.
+E164_SYNTAX = r"^\+[1-9][0-9]{6,14}$"
+
+
+def sms_typology(
+    *,
+    fatigue: tuple[int | str, float] | None = None,
+    control_group: ControlGroup | None = None,
+    size_limit: int | None = None,
+    once_per_period: bool = False,
+    extra: Sequence[Rule] = (),
+) -> Typology:
+    """The email order, for phone numbers: missing, invalid (not E.164 once normalised),
+    denylisted (``sms_denylisted``), quarantined (STOP replies), not subscribed, duplicate
+    number, (already sent this period), fatigue, your extra rules, control group, size limit.
+    Numbers that are not numbers and messages over ``max_parts`` are excluded before the rules."""
+    return _standard(E164_SYNTAX, fatigue, control_group, size_limit, once_per_period, extra)
+
+
+def _standard(
+    syntax: str,
+    fatigue: tuple[int | str, float] | None,
+    control_group: ControlGroup | None,
+    size_limit: int | None,
+    once_per_period: bool,
+    extra: Sequence[Rule],
+) -> Typology:
+    rules: list[Rule] = [
+        MissingAddress(),
+        InvalidAddress(syntax),
+        Denylisted(),
+        Quarantined(),
+        NotSubscribed(),
+    ]
     rules.append(DuplicateAddress())
     if once_per_period:
         rules.append(OncePerPeriod())

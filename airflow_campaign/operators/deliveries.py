@@ -38,7 +38,7 @@ class DeliveryOperator(CampaignBaseOperator):
     :param service: a subscription service: only its subscribers receive the message.
     :param typology: the exclusion rules, in order (default: the channel's standard typology).
     :param address_column: the column holding the address (a population column, else the
-        resource's).
+        resource's); default the channel's (``email``, ``phone``).
     :param mode: ``"prepare_and_send"`` (default), ``"prepare"`` (fill the ledger and stop, e.g.
         before an approval) or ``"send"`` (send what a ``prepare`` task of the same delivery
         prepared for this run).
@@ -63,11 +63,19 @@ class DeliveryOperator(CampaignBaseOperator):
         recipient is marked failed.
     :param max_error_rate: stop the task when more than this share of recipients failed (after
         100); ``None`` never stops.
+    :param local_send_time: send at this local time (``"09:00"``) in each recipient's time zone:
+        run the DAG hourly, and each run takes the recipients whose local time has come (within
+        ``local_send_window``), once per local day (see docs/recurrence.md).
+    :param local_send_window: how long after ``local_send_time`` a recipient may still be taken
+        (default ``"1h"``, an hourly DAG's interval).
+    :param time_zone_column: the resource's column of IANA time zones (default ``time_zone``).
+    :param default_time_zone: the zone of recipients without a valid one (default ``UTC``).
     :param outbound: the return value: ``"sent"`` (default: the population actually sent to),
         ``"all"`` (the input population) or ``"none"``.
     """
 
     channel_name = ""
+    default_address_column = ""
     template_fields: Sequence[str] = ("population", "delivery", "service", "on_backfill")
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
@@ -91,7 +99,7 @@ class DeliveryOperator(CampaignBaseOperator):
         delivery: str | None = None,
         service: str | None = None,
         typology: Typology | Sequence[Rule] | None = None,
-        address_column: str = "email",
+        address_column: str | None = None,
         mode: Mode = "prepare_and_send",
         aggregation_period: AggregationPeriod = "none",
         once_per_period: bool = False,
@@ -105,10 +113,25 @@ class DeliveryOperator(CampaignBaseOperator):
         max_retries: int = 3,
         max_error_rate: float | None = 0.2,
         outbound: Outbound = "sent",
+        local_send_time: str | None = None,
+        local_send_window: str | float = "1h",
+        time_zone_column: str = "time_zone",
+        default_time_zone: str = "UTC",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_choice("mode", mode, literal_choices(Mode))
+        from airflow_campaign.delivery.typology import LocalSendTime
+
+        self.local_send = (
+            None
+            if local_send_time is None
+            else LocalSendTime(local_send_time, local_send_window, time_zone_column, default_time_zone)
+        )
+        self.local_send_time = local_send_time
+        self.local_send_window = local_send_window
+        self.time_zone_column = time_zone_column
+        self.default_time_zone = default_time_zone
         check_choice("aggregation_period", aggregation_period, literal_choices(AggregationPeriod))
         if "{{" not in str(on_backfill):  # a template is checked once rendered, when the task runs
             check_choice("on_backfill", on_backfill, literal_choices(OnBackfill))
@@ -136,7 +159,7 @@ class DeliveryOperator(CampaignBaseOperator):
         self.delivery = delivery
         self.service = service
         self.typology = typology
-        self.address_column = address_column
+        self.address_column = address_column or self.default_address_column
         self.mode = mode
         self.aggregation_period = aggregation_period
         self.once_per_period = once_per_period
@@ -173,6 +196,23 @@ class DeliveryOperator(CampaignBaseOperator):
     def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
         return None
 
+    def target_columns(self) -> dict[str, tuple[str, str]]:
+        """More columns the targets table carries: ``{name in targets: (column, option)}``, each
+        column taken from the population, else the resource (a missing one names ``option``)."""
+        return {}
+
+    def destinations(
+        self, conn: psycopg.Connection, targets: str, resource: Resource, context: Any
+    ) -> sql.Composable | None:
+        """The ``(recipient_key, destination, address, reason)`` rows to prepare (see
+        :func:`engine.prepare`), made from ``targets`` in the preparing transaction; None: one
+        per recipient, its address as it is."""
+        return None
+
+    def after_send(self, conn: psycopg.Connection, occurrence_id: int) -> None:
+        """Called once a send task stops (done or failed), on its ledger connection: what the
+        channel's results mean beyond the ledger (push: endpoints found disabled)."""
+
     # ---- execution ------------------------------------------------------------------------------
 
     def delivery_name(self, context: Any) -> str:
@@ -185,14 +225,23 @@ class DeliveryOperator(CampaignBaseOperator):
         return name
 
     def default_typology(self) -> Typology:
-        return email_typology(once_per_period=self.once_per_period)
+        raise NotImplementedError
 
     def resolved_typology(self) -> Typology:
         if self.typology is None:
-            return self.default_typology()
-        if isinstance(self.typology, Typology):
-            return self.typology
-        return Typology(list(self.typology))
+            typology = self.default_typology()
+        elif isinstance(self.typology, Typology):
+            typology = self.typology
+        else:
+            typology = Typology(list(self.typology))
+        if self.local_send is None:
+            return typology
+        from airflow_campaign.delivery.typology import ControlGroup, SizeLimit
+
+        # before the draws (control group, size limit), which then draw among who is sent now
+        rules = list(typology.rules)
+        at = next((i for i, r in enumerate(rules) if isinstance(r, (ControlGroup, SizeLimit))), len(rules))
+        return Typology([*rules[:at], self.local_send, *rules[at:]])
 
     def execute(self, context: Any) -> Any:
         check_choice("on_backfill", self.on_backfill, literal_choices(OnBackfill))
@@ -263,6 +312,7 @@ class DeliveryOperator(CampaignBaseOperator):
                 result = self._run.execute()
             finally:
                 claimer, self._run = self._run.claimer, None
+                self.after_send(conn, occurrence_id)
             return self._finish(context, conn, result, pop, targets, occurrence_id, claimer)
         finally:
             conn.close()
@@ -289,25 +339,39 @@ class DeliveryOperator(CampaignBaseOperator):
                 "addresses, denylists and subscriptions; this one has no resource."
             )
         resource = Resource.resolve(conn, pop.resource, pop.key)
-        if self.address_column in pop.columns:
-            address: sql.Composable = sql.SQL("p.{}").format(sql.Identifier(self.address_column))
-        elif self.address_column in resource.columns:
-            address = sql.SQL("r.{}").format(sql.Identifier(self.address_column))
-        else:
+
+        def column(name: str, option: str, what: str) -> sql.Composable:
+            if name in pop.columns:
+                return sql.SQL("p.{}").format(sql.Identifier(name))
+            if name in resource.columns:
+                return sql.SQL("r.{}").format(sql.Identifier(name))
             raise CampaignError(
-                f"address_column={self.address_column!r}: neither the population {pop.columns} nor the "
-                f"resource {resource.name!r} has it; give the column that holds the address."
+                f"{option}={name!r}: neither the population {pop.columns} nor the resource "
+                f"{resource.name!r} has it; give the column that holds {what}."
             )
+
+        address = column(self.address_column, "address_column", "the address")
+        if self.local_send is not None and self.time_zone_column not in resource.columns:
+            raise CampaignError(
+                f"time_zone_column={self.time_zone_column!r}: the resource {resource.name!r} has no such column, "
+                "so each recipient's local time cannot be known; name the column of IANA time zones "
+                "('Europe/Paris'), or leave local_send_time out."
+            )
+        extra = [
+            sql.SQL(", {}::text AS {}").format(column(source, option, "it"), sql.Identifier(name))
+            for name, (source, option) in self.target_columns().items()
+        ]
         self.check_content(pop.columns)
         self.check_empty(pop, "population")
         select = sql.SQL(
-            "SELECT p.*, p.{key}::text AS {rk}, {address}::text AS {addr} FROM {rel} p"
+            "SELECT p.*, p.{key}::text AS {rk}, {address}::text AS {addr}{extra} FROM {rel} p"
             " LEFT JOIN {res} r ON r.{rkey} = p.{key}"
         ).format(
             key=sql.Identifier(pop.key),
             rk=sql.Identifier(engine.RECIPIENT),
             address=address,
             addr=sql.Identifier(engine.ADDRESS),
+            extra=sql.SQL("").join(extra),
             rel=rel,
             res=resource.ident,
             rkey=sql.Identifier(resource.key),
@@ -327,6 +391,7 @@ class DeliveryOperator(CampaignBaseOperator):
             context["ti"].xcom_push(key="proofs", value=proofs)
             return targets.table, pop, None
         denylist = f"{self.channel_name}_denylisted"
+        destinations = self.destinations(conn, targets.table, resource, context)
         prepared = engine.prepare(
             conn,
             delivery_id=delivery_id,
@@ -342,6 +407,7 @@ class DeliveryOperator(CampaignBaseOperator):
             denylist_column=denylist if denylist in resource.columns else None,
             seed=self.delivery_name(context),
             prepared_by=engine.instance_key(run_identity(context)),
+            destinations=destinations,
         )
         self.log.info(
             "prepared %s for %s: %s; excluded %s",
@@ -395,7 +461,7 @@ class DeliveryOperator(CampaignBaseOperator):
         columns = [
             c
             for c, _ in CampaignHook.columns_of(conn, targets)
-            if c not in (engine.ADDRESS, engine.RECIPIENT)
+            if not c.startswith("_campaign_")  # the engine's own columns (address, key, region...)
         ]
         with conn.transaction():
             sent = self.save(
@@ -510,6 +576,7 @@ class EmailDeliveryOperator(DeliveryOperator):
     """
 
     channel_name = "email"
+    default_address_column = "email"
     ui_color = "#e0f3e3"
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
@@ -611,6 +678,9 @@ class EmailDeliveryOperator(DeliveryOperator):
 
     def settings(self) -> dict[str, Any]:
         return {"subject": self.subject, "from": self.from_addr, "channel": self.channel}
+
+    def default_typology(self) -> Typology:
+        return email_typology(once_per_period=self.once_per_period)
 
     def check_content(self, columns: Sequence[str]) -> None:
         self.compiled.check(columns)

@@ -367,3 +367,61 @@ def test_a_failed_batched_try_resumes_after_its_last_committed_batch(scratch, co
 def test_bad_options_fail_at_parse_time(kwargs, message):
     with pytest.raises(CampaignError, match=message):
         UpdateDataOperator(task_id="parse", population=[{"id": 1}], **kwargs)
+
+
+def test_new_keys_repeated_in_the_population_are_named_and_nothing_is_written(scratch, context):
+    """Two rows for one key that is not in the table yet: the duplicates error, not a database
+    error, and no row is left behind."""
+    db = scratch.db
+    rows = [
+        {"id": 900010, "loyalty_points": 1},
+        {"id": 900010, "loyalty_points": 2},
+        {"id": 16, "loyalty_points": 3},
+    ]
+    before = snapshot(db)
+    with pytest.raises(CampaignError, match=r"duplicates='fail': .* \(first: id=900010 \(2 rows\)\)"):
+        update(scratch, context, population=Population.inline(rows))
+    assert snapshot(db) == before
+
+
+def test_a_key_inserted_by_another_writer_mid_upsert_is_updated_not_failed(scratch, context):
+    """Another transaction inserts a key of the population while the upsert runs: the upsert waits
+    for it, then writes that row as an update; every other row is written once."""
+    import threading
+    import time
+
+    import psycopg
+
+    db = scratch.db
+    db.execute("CREATE TABLE public.race (id bigint PRIMARY KEY, points int)")
+    db.execute("INSERT INTO public.race SELECT g, 0 FROM generate_series(1, 100) g")
+    rows = [{"id": i, "points": 7} for i in range(1, 121)]  # 1..100 updated, 101..120 new
+    other = psycopg.connect(scratch.url)
+    other.execute("INSERT INTO public.race VALUES (110, -1)")  # not committed yet
+    done: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            done["result"] = update(
+                scratch, context, population=Population.inline(rows), table="public.race", keys=["id"]
+            )[0]
+        except BaseException as exc:  # reported below
+            done["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    for _ in range(200):  # until the upsert waits on the other transaction's row
+        waiting = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
+        if waiting:
+            break
+        time.sleep(0.05)
+    assert waiting, "the upsert never waited on the other writer's row"
+    other.commit()
+    other.close()
+    worker.join(60)
+    assert "error" not in done, done.get("error")
+    result = done["result"]
+    assert (result["inserted"], result["updated"], result["unchanged"]) == (19, 101, 0)
+    assert db.execute("SELECT count(*), min(points), max(points) FROM public.race").fetchone() == (120, 7, 7)
