@@ -7,33 +7,25 @@ channel that was never run against anything is not shipped.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal, get_args
 
 from airflow_campaign.channels.base import Channel
-from airflow_campaign.errors import CampaignError
+from airflow_campaign.channels.choose import build, options_of, pick
 
 SmsChannelKind = Literal["sns", "outbox"]
 SMS_CHANNELS: tuple[str, ...] = get_args(SmsChannelKind)
 
 
-def _classes() -> dict[str, type]:
+def _class(kind: str) -> type:
     from airflow_campaign.channels.outbox import OutboxChannel
     from airflow_campaign.channels.sns import SnsSmsChannel
 
-    return {"sns": SnsSmsChannel, "outbox": OutboxChannel}
-
-
-def _class(kind: str) -> type:
-    classes = _classes()
-    if kind not in classes:
-        raise CampaignError(f"channel={kind!r}: not an SMS channel; choose one of {', '.join(SMS_CHANNELS)}.")
-    return classes[kind]
+    return pick(kind, {"sns": SnsSmsChannel, "outbox": OutboxChannel}, "an SMS")
 
 
 def sms_channel_options(kind: str) -> list[str]:
     """The options an SMS channel takes (the outbox's file extension is set by the delivery)."""
-    return [p for p in inspect.signature(_class(kind)).parameters if p != "extension"]
+    return options_of(_class(kind))
 
 
 def sms_channel(kind: SmsChannelKind, **options: Any) -> Channel:
@@ -42,14 +34,4 @@ def sms_channel(kind: SmsChannelKind, **options: Any) -> Channel:
     sns: ``aws_conn_id``, ``threads``, ``region_name``, ``max_price``, ``on_uncertain``;
     outbox: ``folder``, ``null`` (one ``<log id>.json`` file per message).
     """
-    cls = _class(kind)
-    allowed = sms_channel_options(kind)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise CampaignError(
-            f"channel={kind!r}: unknown option(s) {', '.join(unknown)}; the {kind} channel takes {', '.join(allowed)}."
-        )
-    if kind == "outbox":
-        options["extension"] = "json"
-    channel: Channel = cls(**options)
-    return channel
+    return build(_class(kind), kind, options, extension="json")

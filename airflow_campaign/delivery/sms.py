@@ -259,8 +259,6 @@ class SmsComposer:
 
 # ---- phone numbers ------------------------------------------------------------------------------
 
-E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
-
 
 def normalise(raw: str, region: str | None) -> tuple[str | None, str | None]:
     """``(e164, None)`` for a valid number, ``(None, reason)`` otherwise (libphonenumber's verdict).

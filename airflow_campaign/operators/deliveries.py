@@ -184,8 +184,36 @@ class DeliveryOperator(CampaignBaseOperator):
     def make_composer(self, columns: Sequence[str]) -> engine.Composer:
         raise NotImplementedError
 
-    def make_channel(self) -> Any:
+    def channel_option_names(self, kind: str) -> list[str]:
+        """The options the channel named ``kind`` takes."""
         raise NotImplementedError
+
+    def build_channel(self, kind: str, **options: Any) -> Any:
+        """A new, unopened channel named ``kind``."""
+        raise NotImplementedError
+
+    def check_channel_options(self, kind: str, channel_options: dict[str, Any] | None) -> None:
+        """Refuse, when the DAG is parsed, channel options the chosen channel does not take."""
+        allowed = self.channel_option_names(kind)
+        unknown = sorted(set(channel_options or {}) - set(allowed))
+        if unknown:
+            raise CampaignError(
+                f"channel_options: {unknown} are not options of the {kind} channel; it takes {allowed}."
+            )
+
+    def make_channel(self) -> Any:
+        """The delivery's channel (``self.channel`` with ``self.channel_options``): a channel that may
+        leave a message in doubt gets the delivery's ``on_uncertain``, an outbox without a folder
+        writes to the delivery's default folder."""
+        options = dict(self.channel_options)  # type: ignore[attr-defined]
+        kind: str = self.channel  # type: ignore[attr-defined]
+        if "on_uncertain" in self.channel_option_names(kind):
+            options.setdefault("on_uncertain", self.on_uncertain)
+        if kind == "outbox" and "folder" not in options and not options.get("null"):
+            from airflow_campaign.channels.outbox import default_folder
+
+            options["folder"] = default_folder(self._name)
+        return self.build_channel(kind, **options)
 
     def check_content(self, columns: Sequence[str]) -> None:
         """Raise before anything is written when the content cannot be sent to these columns."""
@@ -195,6 +223,39 @@ class DeliveryOperator(CampaignBaseOperator):
 
     def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
         return None
+
+    def send_proofs(
+        self, conn: psycopg.Connection, targets: str, to: Sequence[str], composer: engine.Composer
+    ) -> dict[str, Any]:
+        """Send ``composer``'s messages for the first recipients to the addresses ``to`` only (one
+        each, cycling through the recipients when there are fewer); the ledger is not touched."""
+        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            rows = cur.execute(
+                sql.SQL("SELECT * FROM {} ORDER BY {} LIMIT {}").format(
+                    qualified(targets), sql.Identifier(engine.RECIPIENT), sql.Literal(len(to))
+                )
+            ).fetchall()
+        if not rows:
+            raise CampaignError("proof_to: the population is empty, so there is no message to proof.")
+        samples = [
+            dict(rows[i % len(rows)], _campaign_log_id=-(i + 1), _campaign_send_to=address)
+            for i, address in enumerate(to)
+        ]
+        envelopes, broken = composer.compose(samples)
+        channel = self.make_channel()
+        channel.open()
+        try:
+            results = channel.send_batch(envelopes)
+        finally:
+            channel.close()
+        failed = [r.error or r.outcome for r in results if r.outcome != "sent"] + [
+            reason for _, reason in broken
+        ]
+        if failed:
+            raise CampaignError(f"proof_to: {len(failed)} proof(s) failed: {failed}")
+        outcome = {"to": list(to), "sent": sum(1 for r in results if r.outcome == "sent")}
+        self.log.info("proofs of %s: %s", self._name, outcome)
+        return outcome
 
     def target_columns(self) -> dict[str, tuple[str, str]]:
         """More columns the targets table carries: ``{name in targets: (column, option)}``, each
@@ -615,18 +676,12 @@ class EmailDeliveryOperator(DeliveryOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from airflow_campaign.channels.email import email_channel_options
         from airflow_campaign.delivery.mime import MimeSkeleton, check_address
         from airflow_campaign.delivery.render import EmailContent, compile_email
         from airflow_campaign.delivery.unsubscribe import check_base_url, default_key_spec, link_ttl_seconds
 
         chosen = cast(EmailChannelName, resolve_channel(channel, literal_choices(EmailChannelName)))
-        unknown = sorted(set(channel_options or {}) - set(email_channel_options(chosen)))
-        if unknown:
-            raise CampaignError(
-                f"channel_options: {unknown} are not options of the {chosen} channel; it takes "
-                f"{email_channel_options(chosen)}."
-            )
+        self.check_channel_options(chosen, channel_options)
         if marketing and not unsubscribe_url:
             raise CampaignError(
                 "unsubscribe_url: a marketing email needs the unsubscribe page's URL, e.g. "
@@ -685,18 +740,15 @@ class EmailDeliveryOperator(DeliveryOperator):
     def check_content(self, columns: Sequence[str]) -> None:
         self.compiled.check(columns)
 
-    def make_channel(self) -> Any:
-        from airflow_campaign.channels.email import email_channel, email_channel_options
+    def channel_option_names(self, kind: str) -> list[str]:
+        from airflow_campaign.channels.email import email_channel_options
 
-        options = dict(self.channel_options)
-        if "on_uncertain" in email_channel_options(self.channel):
-            # a message the server may have got without saying so: the delivery's own choice
-            options.setdefault("on_uncertain", self.on_uncertain)
-        if self.channel == "outbox" and "folder" not in options and not options.get("null"):
-            from airflow_campaign.channels.outbox import default_folder
+        return email_channel_options(kind)
 
-            options["folder"] = default_folder(self._name)
-        return email_channel(self.channel, **options)
+    def build_channel(self, kind: str, **options: Any) -> Any:
+        from airflow_campaign.channels.email import email_channel
+
+        return email_channel(cast(EmailChannelName, kind), **options)
 
     def make_composer(self, columns: Sequence[str], subject_prefix: str = "") -> engine.Composer:
         from airflow_campaign.delivery.email import EmailComposer
@@ -719,31 +771,6 @@ class EmailDeliveryOperator(DeliveryOperator):
     def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
         if not self.proof_to:
             return None
-        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            rows = cur.execute(
-                sql.SQL("SELECT * FROM {} ORDER BY {} LIMIT {}").format(
-                    qualified(targets), sql.Identifier(engine.RECIPIENT), sql.Literal(len(self.proof_to))
-                )
-            ).fetchall()
-        if not rows:
-            raise CampaignError("proof_to: the population is empty, so there is no message to proof.")
-        # one proof per address, each with the next recipient's data (cycling when fewer)
-        samples = [
-            dict(rows[i % len(rows)], _campaign_log_id=-(i + 1), _campaign_send_to=address)
-            for i, address in enumerate(self.proof_to)
-        ]
-        envelopes, broken = self.make_composer([], subject_prefix="[PROOF] ").compose(samples)
-        channel = self.make_channel()
-        channel.open()
-        try:
-            results = channel.send_batch(envelopes)
-        finally:
-            channel.close()
-        failed = [r.error or r.outcome for r in results if r.outcome != "sent"] + [
-            reason for _, reason in broken
-        ]
-        if failed:
-            raise CampaignError(f"proof_to: {len(failed)} proof(s) failed: {failed}")
-        outcome = {"to": self.proof_to, "sent": sum(1 for r in results if r.outcome == "sent")}
-        self.log.info("proofs of %s: %s", self._name, outcome)
-        return outcome
+        return self.send_proofs(
+            conn, targets, self.proof_to, self.make_composer([], subject_prefix="[PROOF] ")
+        )

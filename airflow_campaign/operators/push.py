@@ -13,7 +13,7 @@ from psycopg import sql
 
 from airflow_campaign import options as opt
 from airflow_campaign.delivery import engine
-from airflow_campaign.delivery.push import MAX_PAYLOAD, AndroidPriority, PushContent, size
+from airflow_campaign.delivery.push import MAX_PAYLOAD, AndroidPriority, PushContent, size, too_large
 from airflow_campaign.delivery.typology import (
     Denylisted,
     DuplicateAddress,
@@ -127,17 +127,11 @@ class PushDeliveryOperator(DeliveryOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from airflow_campaign.channels.push import push_channel_options
         from airflow_campaign.delivery.push import CompiledPush
 
         check_choice("android_priority", android_priority, literal_choices(AndroidPriority))
         chosen = cast(PushChannelName, resolve_channel(channel, literal_choices(PushChannelName)))
-        unknown = sorted(set(channel_options or {}) - set(push_channel_options(chosen)))
-        if unknown:
-            raise CampaignError(
-                f"channel_options: {unknown} are not options of the {chosen} channel; it takes "
-                f"{push_channel_options(chosen)}."
-            )
+        self.check_channel_options(chosen, channel_options)
         seconds = None
         if ttl is not None:
             seconds = int(parse_duration(ttl, "ttl"))
@@ -197,17 +191,15 @@ class PushDeliveryOperator(DeliveryOperator):
     def check_content(self, columns: Sequence[str]) -> None:
         self.compiled.check(columns)
 
-    def make_channel(self) -> Any:
-        from airflow_campaign.channels.push import push_channel, push_channel_options
+    def channel_option_names(self, kind: str) -> list[str]:
+        from airflow_campaign.channels.push import push_channel_options
 
-        options = dict(self.channel_options)
-        if "on_uncertain" in push_channel_options(self.channel):
-            options.setdefault("on_uncertain", self.on_uncertain)
-        if self.channel == "outbox" and "folder" not in options and not options.get("null"):
-            from airflow_campaign.channels.outbox import default_folder
+        return push_channel_options(kind)
 
-            options["folder"] = default_folder(self._name)
-        return push_channel(self.channel, **options)
+    def build_channel(self, kind: str, **options: Any) -> Any:
+        from airflow_campaign.channels.push import push_channel
+
+        return push_channel(cast(PushChannelName, kind), **options)
 
     def make_composer(self, columns: Sequence[str]) -> engine.Composer:
         from airflow_campaign.delivery.push import PushComposer
@@ -257,14 +249,12 @@ class PushDeliveryOperator(DeliveryOperator):
             "SELECT d.{rk}, coalesce(d._campaign_platform || ':' || d._campaign_device, ''), {address},"
             " CASE WHEN d._campaign_device IS NULL THEN {none}"
             " WHEN {address} IS NULL THEN 'device not registered (no SNS endpoint)'"
-            " WHEN l.bytes IS NOT NULL THEN 'payload too large (' || d._campaign_platform || ': ' || l.bytes"
-            " || ' bytes > {max})' END"
+            " ELSE l.reason END"
             " FROM ({devices}) d LEFT JOIN push_too_large l ON l.device = d._campaign_device"
         ).format(
             rk=sql.Identifier(engine.RECIPIENT),
             address=address,
             none=sql.Literal(f"no device (no enabled install of {self.app})"),
-            max=sql.SQL(str(MAX_PAYLOAD)),
             devices=devices,
         )
 
@@ -273,8 +263,10 @@ class PushDeliveryOperator(DeliveryOperator):
         from airflow_campaign.delivery.push import apns_payload, fcm_payload
         from airflow_campaign.delivery.render import RenderError
 
-        conn.execute("CREATE TEMP TABLE push_too_large (device bigint PRIMARY KEY, bytes int) ON COMMIT DROP")
-        over: list[tuple[int, int]] = []
+        conn.execute(
+            "CREATE TEMP TABLE push_too_large (device bigint PRIMARY KEY, reason text) ON COMMIT DROP"
+        )
+        over: list[tuple[int, str]] = []
         render, content = self.compiled.render, self.content
         with conn.cursor(name="push_sizes", row_factory=psycopg.rows.dict_row) as cur:
             cur.itersize = RENDER_PAGE
@@ -297,9 +289,9 @@ class PushDeliveryOperator(DeliveryOperator):
                 payload = apns_payload(content, texts) if platform == "ios" else fcm_payload(content, texts)
                 nbytes = size(payload)
                 if nbytes > MAX_PAYLOAD:
-                    over.append((int(row["_campaign_device"]), nbytes))
+                    over.append((int(row["_campaign_device"]), too_large(platform, nbytes)))
         if over:
-            CampaignHook.copy_rows_in(conn, "push_too_large", ["device", "bytes"], over)
+            CampaignHook.copy_rows_in(conn, "push_too_large", ["device", "reason"], over)
         return len(over)
 
     def after_send(self, conn: psycopg.Connection, occurrence_id: int) -> None:

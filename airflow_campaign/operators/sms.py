@@ -12,8 +12,8 @@ from psycopg import sql
 
 from airflow_campaign import options as opt
 from airflow_campaign.delivery import engine
-from airflow_campaign.delivery.sms import MAX_PARTS_LIMIT, MessageType, parts_of
-from airflow_campaign.delivery.typology import Typology, sms_typology
+from airflow_campaign.delivery.sms import MAX_PARTS_LIMIT, MessageType, parts_of, too_long
+from airflow_campaign.delivery.typology import E164_SYNTAX, Typology, sms_typology
 from airflow_campaign.errors import CampaignError, shown
 from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import check_choice, literal_choices
@@ -25,7 +25,7 @@ REGION = "_campaign_region"
 NORMALISE_PAGE = 5000  # distinct raw numbers parsed per round trip
 RENDER_PAGE = 2000  # recipients fetched per page when prepare counts the parts
 _SENDER_ID = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9]{1,11}$")
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_E164 = re.compile(E164_SYNTAX)
 
 
 class SmsDeliveryOperator(DeliveryOperator):
@@ -100,17 +100,11 @@ class SmsDeliveryOperator(DeliveryOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from airflow_campaign.channels.sms import sms_channel_options
         from airflow_campaign.delivery.sms import CompiledSms, check_region
 
         check_choice("message_type", message_type, literal_choices(MessageType))
         chosen = cast(SmsChannelName, resolve_channel(channel, literal_choices(SmsChannelName)))
-        unknown = sorted(set(channel_options or {}) - set(sms_channel_options(chosen)))
-        if unknown:
-            raise CampaignError(
-                f"channel_options: {unknown} are not options of the {chosen} channel; it takes "
-                f"{sms_channel_options(chosen)}."
-            )
+        self.check_channel_options(chosen, channel_options)
         if message_type == "promotional" and not (stop_footer or "").strip():
             raise CampaignError(
                 "stop_footer: a promotional SMS must tell its recipient how to opt out, e.g. "
@@ -126,12 +120,6 @@ class SmsDeliveryOperator(DeliveryOperator):
             raise CampaignError(
                 f"origination_number={shown(origination_number)}: give the number in E.164, e.g. '+18005550100'."
             )
-        if (
-            isinstance(max_parts, bool)
-            or not isinstance(max_parts, int)
-            or not 1 <= max_parts <= MAX_PARTS_LIMIT
-        ):
-            raise CampaignError(f"max_parts={max_parts!r}: give a whole number from 1 to {MAX_PARTS_LIMIT}.")
         self.default_region = check_region("default_region", default_region)
         self.compiled = CompiledSms(text, footer=stop_footer, transliterate=transliterate)
         for number in proof_to or []:
@@ -171,17 +159,15 @@ class SmsDeliveryOperator(DeliveryOperator):
     def target_columns(self) -> dict[str, tuple[str, str]]:
         return {REGION: (self.region_column, "region_column")} if self.region_column else {}
 
-    def make_channel(self) -> Any:
-        from airflow_campaign.channels.sms import sms_channel, sms_channel_options
+    def channel_option_names(self, kind: str) -> list[str]:
+        from airflow_campaign.channels.sms import sms_channel_options
 
-        options = dict(self.channel_options)
-        if "on_uncertain" in sms_channel_options(self.channel):
-            options.setdefault("on_uncertain", self.on_uncertain)
-        if self.channel == "outbox" and "folder" not in options and not options.get("null"):
-            from airflow_campaign.channels.outbox import default_folder
+        return sms_channel_options(kind)
 
-            options["folder"] = default_folder(self._name)
-        return sms_channel(self.channel, **options)
+    def build_channel(self, kind: str, **options: Any) -> Any:
+        from airflow_campaign.channels.sms import sms_channel
+
+        return sms_channel(cast(SmsChannelName, kind), **options)
 
     def make_composer(self, columns: Sequence[str]) -> engine.Composer:
         from airflow_campaign.delivery.sms import SmsComposer, SmsSettings
@@ -223,14 +209,13 @@ class SmsDeliveryOperator(DeliveryOperator):
         return sql.SQL(
             "SELECT t.{rk}, ''::text, coalesce(n.e164, t.{addr}),"
             " CASE WHEN n.reason IS NOT NULL THEN 'invalid phone number (' || n.reason || ')'"
-            " WHEN l.parts IS NOT NULL THEN 'message too long (' || l.parts || ' parts > max_parts=' || {max} || ')'"
+            " ELSE l.reason"
             " END FROM {t} t"
             " LEFT JOIN campaign.phone_numbers n ON n.raw = t.{addr} AND n.region = {region}"
             " LEFT JOIN sms_too_long l ON l.recipient_key = t.{rk}"
         ).format(
             rk=sql.Identifier(engine.RECIPIENT),
             addr=addr,
-            max=sql.Literal(str(self.max_parts)),
             t=table,
             region=region,
         )
@@ -238,9 +223,9 @@ class SmsDeliveryOperator(DeliveryOperator):
     def _count_parts(self, conn: psycopg.Connection, table: sql.Composable, region: sql.Composable) -> int:
         """Render every valid number's message once; keep the over-long ones in ``sms_too_long``."""
         conn.execute(
-            "CREATE TEMP TABLE sms_too_long (recipient_key text PRIMARY KEY, parts int) ON COMMIT DROP"
+            "CREATE TEMP TABLE sms_too_long (recipient_key text PRIMARY KEY, reason text) ON COMMIT DROP"
         )
-        over: list[tuple[str, int]] = []
+        over: list[tuple[str, str]] = []
         composer_row = {"delivery": self._name}
         render = self.compiled.render
         query = sql.SQL(
@@ -262,9 +247,9 @@ class SmsDeliveryOperator(DeliveryOperator):
                     ) from exc
                 parts = parts_of(text)
                 if parts.parts > self.max_parts:
-                    over.append((str(row[engine.RECIPIENT]), parts.parts))
+                    over.append((str(row[engine.RECIPIENT]), too_long(parts, self.max_parts)))
         if over:
-            CampaignHook.copy_rows_in(conn, "sms_too_long", ["recipient_key", "parts"], over)
+            CampaignHook.copy_rows_in(conn, "sms_too_long", ["recipient_key", "reason"], over)
         return len(over)
 
     # ---- proofs -----------------------------------------------------------------------------------
@@ -272,41 +257,11 @@ class SmsDeliveryOperator(DeliveryOperator):
     def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
         if not self.proof_to:
             return None
-        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            rows = cur.execute(
-                sql.SQL("SELECT * FROM {} ORDER BY {} LIMIT {}").format(
-                    qualified(targets), sql.Identifier(engine.RECIPIENT), sql.Literal(len(self.proof_to))
-                )
-            ).fetchall()
-        if not rows:
-            raise CampaignError("proof_to: the population is empty, so there is no message to proof.")
         from airflow_campaign.delivery.sms import CompiledSms, SmsComposer, SmsSettings
 
         proof = CompiledSms("[PROOF] " + self.text, footer=self.stop_footer, transliterate=self.transliterate)
-        composer = SmsComposer(
-            proof,
-            SmsSettings(self.sender_id, self.origination_number, self.message_type, MAX_PARTS_LIMIT),
-            self._name,
-        )
-        samples = [
-            dict(rows[i % len(rows)], _campaign_log_id=-(i + 1), _campaign_send_to=number)
-            for i, number in enumerate(self.proof_to)
-        ]
-        envelopes, refused = composer.compose(samples)
-        channel = self.make_channel()
-        channel.open()
-        try:
-            results = channel.send_batch(envelopes)
-        finally:
-            channel.close()
-        failed = [r.error or r.outcome for r in results if r.outcome != "sent"] + [
-            reason for _, reason in refused
-        ]
-        if failed:
-            raise CampaignError(f"proof_to: {len(failed)} proof(s) failed: {failed}")
-        outcome = {"to": self.proof_to, "sent": sum(1 for r in results if r.outcome == "sent")}
-        self.log.info("proofs of %s: %s", self._name, outcome)
-        return outcome
+        settings = SmsSettings(self.sender_id, self.origination_number, self.message_type, MAX_PARTS_LIMIT)
+        return self.send_proofs(conn, targets, self.proof_to, SmsComposer(proof, settings, self._name))
 
 
 def normalise_numbers(
