@@ -93,14 +93,17 @@ LAST_NAMES = [
 DOMAINS = ["example.com", "mail.example.org", "inbox.example.net", "post.example.fr", "webmail.example.de"]
 # country, locale, time zone, dialling code, national trunk prefix, number of national digits
 COUNTRIES = [
-    ("FR", "fr_FR", "Europe/Paris", "33", "0", 9),
-    ("US", "en_US", "America/New_York", "1", "", 10),
-    ("GB", "en_GB", "Europe/London", "44", "0", 10),
-    ("DE", "de_DE", "Europe/Berlin", "49", "0", 10),
-    ("ES", "es_ES", "Europe/Madrid", "34", "", 9),
-    ("BR", "pt_BR", "America/Sao_Paulo", "55", "0", 11),
-    ("JP", "ja_JP", "Asia/Tokyo", "81", "0", 10),
+    ("FR", "fr_FR", "Europe/Paris", "33", "0", 9, "6"),
+    ("US", "en_US", "America/New_York", "1", "", 10, "212"),
+    ("GB", "en_GB", "Europe/London", "44", "0", 10, "7"),
+    ("DE", "de_DE", "Europe/Berlin", "49", "0", 10, "17"),
+    ("ES", "es_ES", "Europe/Madrid", "34", "", 9, "6"),
+    ("BR", "pt_BR", "America/Sao_Paulo", "55", "0", 11, "119"),
+    ("JP", "ja_JP", "Asia/Tokyo", "81", "0", 10, "90"),
 ]
+# (country, locale, time zone, calling code, trunk prefix, national digits, mobile prefix): a
+# number is the mobile prefix and random digits, so most are valid for phonenumbers (the rest,
+# and the '00' form of a country whose international prefix is not 00, are invalid ones).
 SERVICES = [
     ("newsletter", "Weekly newsletter", "email", 0.60),
     ("promotions", "Offers and promotions", "email", 0.30),
@@ -118,10 +121,10 @@ def _profiles_sql() -> str:
     countries = (
         "(VALUES "
         + ", ".join(
-            f"({i}, '{c}', '{loc}', '{tz}', '{cc}', '{trunk}', {n})"
-            for i, (c, loc, tz, cc, trunk, n) in enumerate(COUNTRIES)
+            f"({i}, '{c}', '{loc}', '{tz}', '{cc}', '{trunk}', {n}, '{mobile}')"
+            for i, (c, loc, tz, cc, trunk, n, mobile) in enumerate(COUNTRIES)
         )
-        + ") AS c(idx, country, locale, time_zone, cc, trunk, digits)"
+        + ") AS c(idx, country, locale, time_zone, cc, trunk, digits, mobile)"
     )
     return f"""
     INSERT INTO campaign.profiles (id, email, phone, first_name, last_name, locale, country, time_zone,
@@ -133,10 +136,10 @@ def _profiles_sql() -> str:
              WHEN h.e %% 100 = 5 THEN lower(translate(fn.v, 'éíúóáü', 'eiuoau')) || h.j || '@@' || dom.v
              ELSE lower(translate(efn.v || '.' || eln.v, 'éíúóáüÉ', 'eiuoaue')) || h.j || '@' || dom.v END,
         CASE WHEN h.p %% 100 < 8 THEN NULL
-             WHEN h.p %% 3 = 0 THEN '+' || c.cc || lpad((h.p %% (10::bigint ^ c.digits)::bigint)::text, c.digits, '6')
-             WHEN h.p %% 3 = 1 THEN c.trunk || regexp_replace(lpad((h.p %% (10::bigint ^ c.digits)::bigint)::text,
-                 c.digits, '7'), '(\\d{{2}})(?=\\d)', '\\1 ', 'g')
-             ELSE '00' || c.cc || '-' || lpad((h.p %% (10::bigint ^ c.digits)::bigint)::text, c.digits, '6') END,
+             WHEN h.p %% 3 = 0 THEN '+' || c.cc || c.mobile || lpad((h.p %% (10::bigint ^ (c.digits - length(c.mobile)))::bigint)::text, c.digits - length(c.mobile), '0')
+             WHEN h.p %% 3 = 1 THEN c.trunk || regexp_replace(c.mobile || lpad((h.p %% (10::bigint ^ (c.digits - length(c.mobile)))::bigint)::text,
+                 c.digits - length(c.mobile), '0'), '(\\d{{2}})(?=\\d)', '\\1 ', 'g')
+             ELSE '00' || c.cc || '-' || c.mobile || lpad((h.p %% (10::bigint ^ (c.digits - length(c.mobile)))::bigint)::text, c.digits - length(c.mobile), '0') END,
         fn.v, ln.v, c.locale, c.country, c.time_zone,
         date '1950-01-01' + (h.b %% 20089)::int,
         (h.l %% 10000)::int,
@@ -268,7 +271,9 @@ def seed(conn: Any, profiles: int, seed: int = 42, *, force: bool = False) -> di
         # STOP replies: quarantined as the SMS feedback records them, in E.164 (the seed's three
         # spellings: +<cc><digits>, 00<cc>-<digits>, <trunk><digits> with spaces)
         dialling = (
-            "(VALUES " + ", ".join(f"('{c}', '{cc}', '{trunk}')" for c, _, _, cc, trunk, _ in COUNTRIES) + ")"
+            "(VALUES "
+            + ", ".join(f"('{c}', '{cc}', '{trunk}')" for c, _, _, cc, trunk, _, _ in COUNTRIES)
+            + ")"
         )
         conn.execute(
             "INSERT INTO campaign.quarantine (channel, address, reason, since)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, cast
 
 import psycopg
@@ -225,10 +225,16 @@ class DeliveryOperator(CampaignBaseOperator):
         return None
 
     def send_proofs(
-        self, conn: psycopg.Connection, targets: str, to: Sequence[str], composer: engine.Composer
+        self,
+        conn: psycopg.Connection,
+        targets: str,
+        to: Sequence[str],
+        composer: engine.Composer,
+        extra: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Send ``composer``'s messages for the first recipients to the addresses ``to`` only (one
-        each, cycling through the recipients when there are fewer); the ledger is not touched."""
+        each, cycling through the recipients when there are fewer); the ledger is not touched.
+        ``extra``: more fields for each proof's row (a push's device), one mapping per address."""
         with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
             rows = cur.execute(
                 sql.SQL("SELECT * FROM {} ORDER BY {} LIMIT {}").format(
@@ -238,7 +244,12 @@ class DeliveryOperator(CampaignBaseOperator):
         if not rows:
             raise CampaignError("proof_to: the population is empty, so there is no message to proof.")
         samples = [
-            dict(rows[i % len(rows)], _campaign_log_id=-(i + 1), _campaign_send_to=address)
+            dict(
+                rows[i % len(rows)],
+                **(extra[i] if extra else {}),
+                _campaign_log_id=-(i + 1),
+                _campaign_send_to=address,
+            )
             for i, address in enumerate(to)
         ]
         envelopes, broken = composer.compose(samples)

@@ -37,6 +37,18 @@ REGISTER_PAGE = 500
 MAX_TTL = 28 * 86400  # FCM keeps a message at most 4 weeks
 
 
+def profile_ids(option: str, value: Any) -> list[str]:
+    """A list of profile ids (integers, or strings of digits)."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise CampaignError(f"{option}={shown(value)}: give a list of profile ids, e.g. [42].")
+    for item in value:
+        if isinstance(item, bool) or not (
+            isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit())
+        ):
+            raise CampaignError(f"{option}: {shown(item)} is not a profile id; give integers, e.g. [42].")
+    return [str(item) for item in value]
+
+
 def push_typology(*, once_per_period: bool = False, extra: Sequence[Rule] = ()) -> Typology:
     """Device missing (no enabled install of the app, or not registered), denylisted
     (``push_denylisted``), quarantined (an endpoint found disabled), not subscribed, the same
@@ -75,6 +87,10 @@ class PushDeliveryOperator(DeliveryOperator):
     :param channel: ``"sns"`` (SNS platform endpoints, registered by RegisterDevicesOperator) or
         ``"outbox"`` (one ``.json`` file per device).
     :param channel_options: sns ``{"aws_conn_id", "threads", "region_name"}``; outbox ``{"folder"}``.
+    :param proof_to: test profiles (ids of ``campaign.profiles``): instead of the delivery, each
+        enabled install of the app by these profiles gets a proof (title prefixed ``[PROOF]``; a
+        silent push carries the custom key ``proof``) of a first recipient's notification. The
+        ledger is not touched.
 
     The payload of each device's platform is checked after personalisation: over 4,096 bytes it
     is excluded (``payload too large``) before anything is sent. A device whose endpoint SNS
@@ -101,6 +117,7 @@ class PushDeliveryOperator(DeliveryOperator):
         "silent": opt.flag,
         "collapse_key": opt.optional(opt.text),
         "channel_options": opt.optional(opt.mapping),
+        "proof_to": opt.optional(profile_ids),
     }
 
     def __init__(
@@ -124,6 +141,7 @@ class PushDeliveryOperator(DeliveryOperator):
         platforms: Sequence[str] | None = None,
         channel: PushChannelName | None = None,
         channel_options: dict[str, Any] | None = None,
+        proof_to: Sequence[int | str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -179,6 +197,7 @@ class PushDeliveryOperator(DeliveryOperator):
         self.platforms = list(platforms) if platforms else ["ios", "android"]
         self.channel: PushChannelName = chosen
         self.channel_options = dict(channel_options or {})
+        self.proof_to = [str(p) for p in proof_to or []]
 
     # ---- what the engine asks of a channel -------------------------------------------------------
 
@@ -205,6 +224,46 @@ class PushDeliveryOperator(DeliveryOperator):
         from airflow_campaign.delivery.push import PushComposer
 
         return PushComposer(self.compiled, self._name)
+
+    # ---- proofs: to the devices of test profiles -------------------------------------------------
+
+    def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
+        if not self.proof_to:
+            return None
+        from dataclasses import replace
+
+        from airflow_campaign.delivery.push import CompiledPush, PushComposer
+
+        devices = conn.execute(
+            "SELECT profile_id::text, id, platform, endpoint, device_token FROM campaign.app_subscriptions"
+            " WHERE profile_id::text = ANY(%s) AND app = %s AND enabled AND platform = ANY(%s)"
+            " ORDER BY profile_id, id",
+            (self.proof_to, self.app, self.platforms),
+        ).fetchall()
+        if self.channel == "sns":
+            devices = [d for d in devices if d[3]]
+        without = [p for p in self.proof_to if p not in {d[0] for d in devices}]
+        if without:
+            registered = " registered (with an SNS endpoint)" if self.channel == "sns" else ""
+            raise CampaignError(
+                f"proof_to: profile(s) {without} have no enabled{registered} install of app {self.app!r} "
+                f"on {self.platforms}; install the app on a test device for them (and register it "
+                "with RegisterDevicesOperator for sns), or leave them out of proof_to."
+            )
+        content = self.content
+        if content.silent:
+            content = replace(content, data={**content.data, "proof": "true"})
+        elif content.title:
+            content = replace(content, title="[PROOF] " + content.title)
+        else:
+            content = replace(content, body="[PROOF] " + (content.body or ""))
+        to = [
+            endpoint if self.channel == "sns" else endpoint or f"{platform}:{token}"
+            for _, _, platform, endpoint, token in devices
+        ]
+        extra = [{"_campaign_destination": f"{platform}:{device}"} for _, device, platform, _, _ in devices]
+        outcome = self.send_proofs(conn, targets, to, PushComposer(CompiledPush(content), self._name), extra)
+        return {**outcome, "profiles": list(self.proof_to)}
 
     # ---- prepare: one row per device, sizes checked --------------------------------------------
 

@@ -8,7 +8,7 @@ import gsm0338  # noqa: F401  (the codec the packing is checked against)
 import phonenumbers
 import pytest
 
-from airflow_campaign.delivery.sms import CompiledSms, normalise, parts_of, transliterate
+from airflow_campaign.delivery.sms import CompiledSms, normalise, parts_by_character, parts_of, transliterate
 from airflow_campaign.errors import CampaignError
 
 
@@ -62,6 +62,29 @@ def test_septet_count_agrees_with_the_gsm0338_codec(text):
         assert got.encoding == "GSM-7" and got.units == len(encoded)
         expected = 1 if len(encoded) <= 160 else math.ceil(len(encoded) / 153)
         assert got.parts >= expected
+
+
+def test_the_fast_count_agrees_with_the_count_by_character():
+    """parts_of counts the usual texts on their set of characters: it must give what the count
+    character by character gives, at every length around the part limits, for GSM-7 texts with
+    and without extension characters, UCS-2 texts and texts beyond the BMP."""
+    import random
+
+    rng = random.Random(7)
+    pools = [
+        "abcdefghijklmnopqrstuvwxyz ABC0123456789.,!?éèùÅÑ@£$¥",
+        "abc def €[]{}^~|\\ xyz",
+        "abc def привет 你好 ç",
+        "abc €😀 Δ",
+    ]
+    checked = 0
+    for pool in pools:
+        for length in [*range(0, 12), *range(60, 80), *range(130, 170), *range(300, 320), 1000]:
+            for _ in range(3):
+                text = "".join(rng.choice(pool) for _ in range(length))
+                assert parts_of(text) == parts_by_character(text), text
+                checked += 1
+    assert checked > 1000
 
 
 def test_transliteration_keeps_gsm_letters_and_spells_the_rest():

@@ -164,6 +164,8 @@ def test_a_silent_push_and_a_payload_over_4kb(scratch, context, tmp_path, capsys
         ({"android_priority": "urgent"}, r"android_priority"),
         ({"channel_options": {"folder": "x", "threads": 2}}, r"channel_options: \['threads'\]"),
         ({"title": "{{ nope }}"}, r"the notification uses \{\{ nope \}\}"),
+        ({"proof_to": 42}, r"proof_to=42: give a list of profile ids"),
+        ({"proof_to": ["me@example.com"]}, r"proof_to: 'me@example.com' is not a profile id"),
     ],
 )
 def test_bad_options_fail_before_anything_is_written(setup, context, kwargs, message):
@@ -282,3 +284,44 @@ def test_register_then_push_through_sns_and_a_disabled_endpoint_is_quarantined(s
         " WHERE d.name LIKE %s AND l.address = %s",
         ("%push_next", dead),
     ).fetchone() == (0,)  # its install is disabled: no longer one of the profile's devices
+
+
+def test_proofs_go_to_the_devices_of_the_test_profiles_only(setup, context):
+    scratch, pop, folder = setup
+    # a test profile outside the population, with installs of the app (the seed gives some two)
+    tester, installs = scratch.db.execute(
+        "SELECT a.profile_id, count(*) FROM campaign.app_subscriptions a WHERE a.profile_id > 400"
+        " AND a.app = 'shop' AND a.enabled GROUP BY 1 ORDER BY 1 LIMIT 1"
+    ).fetchone()
+    ctx = context("push", run_id="proof")
+    operator(scratch, pop, folder, proof_to=[tester]).execute(ctx)
+    got = files(folder)
+    tokens = {
+        f"{platform}:{token}"
+        for platform, token in scratch.db.execute(
+            "SELECT platform, device_token FROM campaign.app_subscriptions WHERE profile_id = %s"
+            " AND app = 'shop' AND enabled",
+            (tester,),
+        )
+    }
+    assert len(got) == installs and {m["to"] for m in got} == tokens
+    first = scratch.db.execute("SELECT first_name FROM campaign.profiles WHERE id = 1").fetchone()[0]
+    for m in got:
+        title = m["payload"]["aps"]["alert"]["title"] if m["platform"] == "ios" else None
+        title = title or m["payload"]["fcmV1Message"]["message"]["notification"]["title"]
+        assert title == f"[PROOF] Hi {first}"
+    proofs = ctx["ti"].xcoms["proofs"]
+    assert sorted(proofs["to"]) == sorted(tokens) and proofs["sent"] == installs
+    assert proofs["profiles"] == [str(tester)]
+    assert scratch.db.execute("SELECT count(*) FROM campaign.delivery_logs").fetchone()[0] == 0
+
+    # a test profile without the app: refused, nothing sent or written
+    bare = scratch.db.execute(
+        "SELECT id FROM campaign.profiles p WHERE NOT EXISTS (SELECT 1 FROM campaign.app_subscriptions a"
+        " WHERE a.profile_id = p.id) ORDER BY id LIMIT 1"
+    ).fetchone()[0]
+    other = folder.parent / "other"
+    with pytest.raises(CampaignError, match=rf"proof_to: profile\(s\) \['{bare}'\] have no enabled install"):
+        operator(scratch, pop, other, proof_to=[bare]).execute(context("push", run_id="p2"))
+    assert not other.exists() or not list(other.glob("*.json"))
+    assert scratch.db.execute("SELECT count(*) FROM campaign.delivery_logs").fetchone()[0] == 0

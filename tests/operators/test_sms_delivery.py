@@ -210,6 +210,28 @@ def test_bad_options_fail_before_anything_is_written(setup, context, kwargs, mes
     assert not folder.exists() or not list(folder.iterdir())
 
 
+def test_proofs_go_to_the_test_numbers_only(setup, context):
+    scratch, pop, folder = setup
+    ctx = context("sms", run_id="proof")
+    operator(scratch, pop, folder, proof_to=["+33612345678", "+447700900123"]).execute(ctx)
+    got = payloads(folder)
+    assert sorted(p["to"] for p in got) == ["+33612345678", "+447700900123"]
+    # the first recipients' messages (ordered by recipient key), prefixed and with their footer
+    first = dict(
+        scratch.db.execute(
+            f"SELECT id::text, first_name || ' ' || loyalty_points FROM campaign.profiles WHERE {WHERE}"
+        ).fetchall()
+    )
+    keys = sorted(first)[:2]
+    expected = {
+        f"[PROOF] Hi {first[k].rsplit(' ', 1)[0]}, {first[k].rsplit(' ', 1)[1]} points wait for you\n{FOOTER}"
+        for k in keys
+    }
+    assert {p["text"] for p in got} == expected
+    assert ctx["ti"].xcoms["proofs"] == {"to": ["+33612345678", "+447700900123"], "sent": 2}
+    assert scratch.db.execute("SELECT count(*) FROM campaign.delivery_logs").fetchone()[0] == 0
+
+
 def test_transactional_messages_need_no_footer(setup, context):
     scratch, pop, folder = setup
     ctx = context("sms")
