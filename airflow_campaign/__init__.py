@@ -58,6 +58,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_campaign.hooks.campaign"],
             }
         ],
+        "extra-links": [
+            "airflow_campaign.ui.links.DeliveryReportLink",
+            "airflow_campaign.ui.links.AudiencesLink",
+        ],
         "asset-uris": [
             {
                 "schemes": ["campaign"],

@@ -21,6 +21,7 @@ from airflow_campaign.hooks.campaign import CampaignHook, qualified
 from airflow_campaign.operators.base import CampaignBaseOperator, check_choice, literal_choices, run_identity
 from airflow_campaign.population import Population
 from airflow_campaign.resources import Resource
+from airflow_campaign.ui.links import DeliveryReportLink
 
 Mode = Literal["prepare_and_send", "prepare", "send"]
 Outbound = Literal["sent", "all", "none"]
@@ -75,6 +76,7 @@ class DeliveryOperator(CampaignBaseOperator):
     """
 
     channel_name = ""
+    operator_extra_links = (DeliveryReportLink(),)
     default_address_column = ""
     template_fields: Sequence[str] = ("population", "delivery", "service", "on_backfill")
 

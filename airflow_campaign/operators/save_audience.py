@@ -31,6 +31,7 @@ from airflow_campaign.operators.base import (
 )
 from airflow_campaign.population import Population
 from airflow_campaign.resources import Resource
+from airflow_campaign.ui.links import AudiencesLink
 
 AudienceMode = Literal["create_or_update", "update", "create_unique"]
 AudienceUpdate = Literal["replace", "complete"]
@@ -171,6 +172,7 @@ class SaveAudienceOperator(CampaignBaseOperator):
     """
 
     template_fields: Sequence[str] = ("population", "audience", "path", "export_to")
+    operator_extra_links = (AudiencesLink(),)
     ui_color = "#d9f0e3"
 
     option_checks: ClassVar[dict[str, opt.Check]] = {
