@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_SCALE ?= 1000000
 
-.PHONY: demo test lint bench scale install clean
+.PHONY: demo ui test lint bench scale install clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,25 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/airflow-campaign demo
 
+# Airflow (api-server, scheduler, dag-processor) with the Campaigns pages on the demo's data
+ui: $(STAMP)
+	$(BIN)/airflow-campaign ui
+
+# the browser tests drive Debian's chromium (playwright cannot download a browser here)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make test needs a Chromium for the browser tests: install Debian's chromium (sudo apt-get install chromium) or chromium-headless-shell"; exit 1; \
+	  fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check airflow_campaign tests dags_examples benchmarks docs/examples
 	$(BIN)/ruff format --check airflow_campaign tests dags_examples benchmarks docs/examples
 	$(BIN)/mypy airflow_campaign
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

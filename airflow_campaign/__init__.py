@@ -10,11 +10,11 @@ __version__ = "0.1.0"
 INTEGRATION = "Campaign"
 
 
-def _option(description: str, example: str, default: str | None) -> dict[str, Any]:
+def _option(description: str, example: str, default: str | None, type_: str = "string") -> dict[str, Any]:
     return {
         "description": description,
         "version_added": "0.1.0",
-        "type": "string",
+        "type": type_,
         "example": example,
         "default": default,
     }
@@ -80,6 +80,20 @@ def get_provider_info() -> dict[str, Any]:
                         "are parsed and run (environment: AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL).",
                         example="smtp",
                         default=None,
+                    ),
+                    "ui_conn_id": _option(
+                        "The Airflow connection (type postgres) to the campaign database that the "
+                        "Campaigns pages of the api-server read (environment: AIRFLOW__CAMPAIGN__UI_CONN_ID).",
+                        example="campaign_readonly",
+                        default="campaign_default",
+                    ),
+                    "public_rate_limit": _option(
+                        "Requests a minute each client address may make to the public unsubscribe "
+                        "endpoint (/campaign/public/unsubscribe) of one api-server process; 429 beyond "
+                        "(environment: AIRFLOW__CAMPAIGN__PUBLIC_RATE_LIMIT).",
+                        example="30",
+                        default="30",
+                        type_="integer",
                     ),
                     "outbox_folder": _option(
                         "The folder under which an outbox delivery that passes no folder in its "

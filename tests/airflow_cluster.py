@@ -47,8 +47,10 @@ import httpx
 import psutil
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
+
+from airflow_campaign.embedded import sqlalchemy_url
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 FINISHED_STATES = frozenset({"success", "failed"})
@@ -89,35 +91,6 @@ class ExtraProcess:
     args: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     prefix: Sequence[str] = ()
-
-
-def sqlalchemy_url(database_url: str, dbname: str | None = None) -> str:
-    """The ``postgresql+psycopg2://`` SQLAlchemy URL of a libpq URL or ``key=value`` string.
-
-    Host, port, user, password and other libpq options are kept; a Unix socket directory (or
-    several hosts) goes in the query string, where psycopg2 and asyncpg both read it.
-    """
-    info = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
-    user = info.pop("user", "")
-    password = info.pop("password", "")
-    host = info.pop("host", "")
-    port = info.pop("port", "")
-    database = dbname or info.pop("dbname", "postgres")
-    info.pop("dbname", None)
-    netloc = ""
-    if user:
-        netloc = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
-    if host and not host.startswith("/") and "," not in host:
-        netloc += f"[{host}]" if ":" in host else host
-        if port:
-            netloc += f":{port}"
-    else:
-        if host:
-            info["host"] = host
-        if port:
-            info["port"] = port
-    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='/')}" for k, v in sorted(info.items()))
-    return f"postgresql+psycopg2://{netloc}/{quote(database, safe='')}" + (f"?{query}" if query else "")
 
 
 def free_port() -> int:

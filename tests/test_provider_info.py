@@ -147,7 +147,13 @@ def test_the_airflow_cli_shows_the_provider_and_its_options(tmp_path: Path) -> N
         "default_channel",
         "outbox_folder",
         "unsubscribe_key_variable",
+        "ui_conn_id",
+        "public_rate_limit",
     }
+    assert shown["extra-links"] == [
+        "airflow_campaign.ui.links.DeliveryReportLink",
+        "airflow_campaign.ui.links.AudiencesLink",
+    ]
     # Airflow's configuration knows the section: the declared default, and the environment above it
     value = run_airflow(
         tmp_path,

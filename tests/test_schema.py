@@ -26,6 +26,7 @@ TABLES = {
     "app_subscriptions",
     "phone_numbers",
     "feedback_events",
+    "ui_events",
     "staging_tables",
     "incremental_state",
     "incremental_history",

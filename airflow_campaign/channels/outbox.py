@@ -1,6 +1,6 @@
 """OutboxChannel: each message as one ``.eml`` file in a local folder, or counted and dropped (null mode).
 
-The file of log row ``N`` is ``<folder>/N.eml``: sending the same row again replaces it, never
+The file of log row ``N`` is ``<folder>/N.eml`` (a proof's ``proof-1.eml``, ``proof-2.eml`` …): sending the same row again replaces it, never
 adds a second file. Each file is written under a temporary name in the same folder and renamed
 into place, so a reader never sees half a message. Null mode (``folder=None`` or ``null=True``)
 accepts every message and writes nothing, for measuring the engine without a transport.
@@ -23,7 +23,8 @@ BUILTIN_FOLDER = ".campaign/outbox"
 
 
 def file_name(log_id: int, extension: str = "eml") -> str:
-    return f"{log_id}.{extension}"
+    """``<log id>.eml``; a proof (no ledger row, a negative id) is ``proof-<n>.eml``."""
+    return f"{log_id}.{extension}" if log_id >= 0 else f"proof-{-log_id}.{extension}"
 
 
 def default_folder(delivery: str) -> str:

@@ -202,6 +202,12 @@ class DeliveryOperator(CampaignBaseOperator):
             raise CampaignError(
                 f"channel_options: {unknown} are not options of the {kind} channel; it takes {allowed}."
             )
+        # the values too: a channel is built (it opens nothing) unless a value is templated
+        if channel_options and not any(opt.templated(v) for v in channel_options.values()):
+            try:
+                self.build_channel(kind, **channel_options)
+            except CampaignError as exc:
+                raise CampaignError(f"channel_options: {exc}") from exc
 
     def make_channel(self) -> Any:
         """The delivery's channel (``self.channel`` with ``self.channel_options``): a channel that may

@@ -89,6 +89,18 @@ AT_PARSE = [
         match=r"channel_options: \['smtp_conn_id'\]",
     ),
     r(
+        "sns channel_options threads=0",
+        "refused: `channel_options: threads=0: give a whole number from 1 to 64.`",
+        options={"channel": "sns", "channel_options": {"threads": 0}},
+        match=r"channel_options: threads=0: give a whole number from 1 to 64",
+    ),
+    r(
+        "sns channel_options max_price='cheap'",
+        "refused: `channel_options: max_price='cheap': give the most one SMS may cost in USD (> 0), or None.`",
+        options={"channel": "sns", "channel_options": {"max_price": "cheap"}},
+        match=r"channel_options: max_price='cheap'",
+    ),
+    r(
         "proof_to with a national number",
         "refused: `proof_to: '0612345678' is not a phone number in E.164 …`",
         options={"proof_to": ["0612345678"]},
