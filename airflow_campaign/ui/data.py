@@ -192,6 +192,11 @@ def services(conn: psycopg.Connection, page: int = 0) -> list[dict[str, Any]]:
             " WHERE service_id = %s AND event_at > now() - interval '90 days' GROUP BY 1 ORDER BY 1",
             (row["id"],),
         )
+        # subscribers at the end of each of those days: today's count less what came after
+        total, after = int(row["subscribers"]), 0
+        for day in reversed(row["days"]):
+            day["subscribers"] = total - after
+            after += int(day["subscribed"]) - int(day["unsubscribed"])
     return rows
 
 

@@ -38,8 +38,8 @@ DAG_FILE = textwrap.dedent(
     from airflow.sdk import DAG
     from airflow.providers.standard.operators.empty import EmptyOperator
 
-    for dag_id in {dags!r}:
-        with DAG(dag_id, schedule=None, start_date=dt.datetime(2026, 1, 1), catchup=False):
+    for dag_id, schedule in zip({dags!r}, ("@daily", None)):
+        with DAG(dag_id, schedule=schedule, start_date=dt.datetime(2026, 1, 1), catchup=False):
             EmptyOperator(task_id="newsletter")
     """
 )
@@ -164,8 +164,10 @@ def test_anonymous_requests_to_every_private_route_get_401(airflow, campaign):
 
 def test_lists_are_filtered_to_the_dags_the_user_may_read(airflow, campaign):
     ids = delivery_ids(campaign.db)
-    everyone = {d["dag_id"] for d in get(airflow, "/api/deliveries", "viewer").json()}
-    assert everyone == set(DAGS)
+    listed = get(airflow, "/api/deliveries", "viewer").json()
+    assert {d["dag_id"] for d in listed} == set(DAGS)
+    # each with its DAG's schedule, read from Airflow's metadata
+    assert {d["dag_id"]: d["schedule"] for d in listed} == {DAGS[0]: "0 0 * * *", DAGS[1]: "None"}
     outsider = get(airflow, "/api/deliveries", "outsider").json()
     assert {d["dag_id"] for d in outsider} == {DAGS[0]}
     page = get(airflow, "/deliveries", "outsider").text
@@ -319,6 +321,17 @@ def test_the_public_unsubscribe_endpoint(airflow, campaign):
         ).fetchone()[0]
         == "unsubscribe link (one-click)"
     )
+    # the services page: the newsletter's subscribers line ends at today's count, one less now
+    now = db.execute(
+        "SELECT count(*) FROM campaign.subscriptions s JOIN campaign.services v ON v.id = s.service_id"
+        " WHERE v.name = 'newsletter'"
+    ).fetchone()[0]
+    label = db.execute(
+        "SELECT coalesce(label, name) FROM campaign.services WHERE name = 'newsletter'"
+    ).fetchone()[0]
+    services = get(airflow, "/services", "viewer").text
+    line = re.search(rf"<td>{re.escape(label)}</td>.*?data-values=\"(\[[^\]]*\])\"", services, re.S)
+    assert line and json.loads(line.group(1))[-1] == now
     # a valid link for nobody answers exactly as one for somebody: the endpoint tells nothing
     nobody = _link(delivery, "987654321", "newsletter").split("?", 1)[1]
     again = httpx.post(
