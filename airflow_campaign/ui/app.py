@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterator
 from importlib import resources
@@ -27,12 +28,12 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from airflow_campaign.ui import data, public
 
-STATIC = {
-    "uPlot.iife.min.js": "application/javascript",
-    "uPlot.min.css": "text/css",
-    "LICENSE": "text/plain",
-    "campaign.js": "application/javascript",
-    "campaign.css": "text/css",
+STATIC = {  # name: (path under static/, media type)
+    "uPlot.iife.min.js": ("uplot/uPlot.iife.min.js", "application/javascript"),
+    "uPlot.min.css": ("uplot/uPlot.min.css", "text/css"),
+    "LICENSE": ("uplot/LICENSE", "text/plain"),
+    "campaign.js": ("campaign.js", "application/javascript"),
+    "campaign.css": ("campaign.css", "text/css"),
 }
 
 
@@ -140,7 +141,9 @@ _env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M") if isinstance(v, d
 _env.filters["n"] = lambda v: f"{int(v or 0):,}"
 
 
+@functools.cache
 def _template(name: str) -> Any:
+    """A page's template, read and compiled once per process."""
     text = resources.files("airflow_campaign.ui").joinpath("templates", name).read_text(encoding="utf-8")
     return _env.from_string(text)
 
@@ -149,6 +152,30 @@ def page(name: str, **values: Any) -> HTMLResponse:
     base = _template("base.html")
     body = _template(name).render(**values)
     return HTMLResponse(base.render(body=body, title=values.get("title", "Campaigns")))
+
+
+def _json(body: Any) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(body, default=str)))
+
+
+def _listed(conn: psycopg.Connection, user: Any, page_: int) -> list[dict[str, Any]]:
+    """A page of the deliveries the user may read, each with its DAG's schedule."""
+    rows = data.deliveries(conn, readable_dags(user), page_)
+    summaries = schedules({r["dag_id"] for r in rows if r["dag_id"]})
+    for row in rows:
+        row["schedule"] = summaries.get(row["dag_id"], "")
+    return rows
+
+
+def _errors(
+    conn: psycopg.Connection, user: Any, found: dict[str, Any], occurrence_ids: list[int]
+) -> list[dict[str, Any]]:
+    """The recent errors of these occurrences, their addresses masked unless the user may edit the DAG."""
+    errors = data.recent_errors(conn, occurrence_ids)
+    if not _may(user, found["dag_id"], "PUT"):
+        for e in errors:
+            e["address"] = mask(e["address"])
+    return errors
 
 
 def create_app() -> FastAPI:
@@ -161,13 +188,9 @@ def create_app() -> FastAPI:
     def static(name: str) -> Response:
         if name not in STATIC:
             raise HTTPException(status_code=404)
-        folder = "uplot" if name in ("uPlot.iife.min.js", "uPlot.min.css", "LICENSE") else ""
-        path = (
-            resources.files("airflow_campaign.ui").joinpath("static", folder, name)
-            if folder
-            else (resources.files("airflow_campaign.ui").joinpath("static", name))
-        )
-        return Response(path.read_bytes(), media_type=STATIC[name], headers={"Cache-Control": "max-age=3600"})
+        relative, media_type = STATIC[name]
+        path = resources.files("airflow_campaign.ui").joinpath("static", *relative.split("/"))
+        return Response(path.read_bytes(), media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/", response_class=HTMLResponse)
     def home(user: User) -> Response:
@@ -177,19 +200,13 @@ def create_app() -> FastAPI:
 
     @app.get("/api/deliveries")
     def api_deliveries(user: User, conn: Conn, page_: Annotated[int, Query(alias="page", ge=0)] = 0) -> Any:
-        rows = data.deliveries(conn, readable_dags(user), page_)
-        summaries = schedules({r["dag_id"] for r in rows if r["dag_id"]})
-        for row in rows:
-            row["schedule"] = summaries.get(row["dag_id"], "")
-        return JSONResponse(json.loads(json.dumps(rows[: data.PAGE], default=str)))
+        return _json(_listed(conn, user, page_)[: data.PAGE])
 
     @app.get("/deliveries", response_class=HTMLResponse)
     def deliveries(user: User, conn: Conn, page_: Annotated[int, Query(alias="page", ge=0)] = 0) -> Response:
-        rows = data.deliveries(conn, readable_dags(user), page_)
-        summaries = schedules({r["dag_id"] for r in rows if r["dag_id"]})
+        rows = _listed(conn, user, page_)
         for row in rows:
             row["trend"] = [p["sent"] for p in data.trend(conn, row["id"])]
-            row["schedule"] = summaries.get(row["dag_id"], "")
         return page(
             "deliveries.html",
             title="Deliveries",
@@ -209,12 +226,10 @@ def create_app() -> FastAPI:
     def api_delivery(user: User, conn: Conn, delivery_id: int) -> Any:
         found = _delivery(conn, user, delivery_id)
         occ = data.occurrences(conn, delivery_id, 0)[: data.PAGE]
-        errors = data.recent_errors(conn, [o["id"] for o in occ])
-        shown = _may(user, found["dag_id"], "PUT")
-        for e in errors:
-            e["address"] = e["address"] if shown else mask(e["address"])
-        body = {**found, "occurrences": occ, "errors": errors, "periods": data.by_period(conn, delivery_id)}
-        return JSONResponse(json.loads(json.dumps(body, default=str)))
+        errors = _errors(conn, user, found, [o["id"] for o in occ])
+        return _json(
+            {**found, "occurrences": occ, "errors": errors, "periods": data.by_period(conn, delivery_id)}
+        )
 
     @app.get("/deliveries/{delivery_id}", response_class=HTMLResponse)
     def delivery(
@@ -227,10 +242,7 @@ def create_app() -> FastAPI:
         found = _delivery(conn, user, delivery_id)
         occ = data.occurrences(conn, delivery_id, page_)
         chosen = next((o for o in occ if o["id"] == occurrence), occ[0] if occ else None)
-        errors = data.recent_errors(conn, [chosen["id"]] if chosen else [])
-        shown = _may(user, found["dag_id"], "PUT")
-        for e in errors:
-            e["address"] = e["address"] if shown else mask(e["address"])
+        errors = _errors(conn, user, found, [chosen["id"]] if chosen else [])
         return page(
             "delivery.html",
             title=found["name"],

@@ -25,7 +25,8 @@ METADATA_DB = "airflow_ui"
 
 
 def _environment(work: Path, url: str, port: int) -> dict[str, str]:
-    from airflow_campaign.embedded import connection_fields, sqlalchemy_url
+    from airflow_campaign.demo import airflow_env
+    from airflow_campaign.embedded import sqlalchemy_url
 
     home = work / "airflow-ui"
     home.mkdir(parents=True, exist_ok=True)
@@ -43,13 +44,12 @@ def _environment(work: Path, url: str, port: int) -> dict[str, str]:
     keys = json.loads(secret.read_text(encoding="utf-8"))
     api = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(airflow_env(work, url))  # the demo's DAGs folder, connection, unsubscribe key, channel
     env.update(
         {
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(url, METADATA_DB),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(Path("dags_examples").resolve()),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(base64.b64decode(keys["fernet"])).decode(),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -59,11 +59,6 @@ def _environment(work: Path, url: str, port: int) -> dict[str, str]:
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__SECRET_KEY": keys["secret"],
             "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt"],
-            "AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL": "outbox",
-            "AIRFLOW_CONN_CAMPAIGN_DEFAULT": json.dumps(connection_fields(url)),
-            # the demo's key for signing unsubscribe links (create a secret one in production)
-            "AIRFLOW_VAR_CAMPAIGN_UNSUBSCRIBE_KEY": "demo-only-unsubscribe-signing-key",
-            "CAMPAIGN_DEMO_DIR": str(work),
         }
     )
     return env
