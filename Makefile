@@ -21,9 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/airflow-campaign demo
 
-# Airflow (api-server, scheduler, dag-processor) with the Campaigns pages on the demo's data
+# Airflow (api-server, scheduler, dag-processor, triggerer) with the Campaigns pages on the demo's
+# data and a run of campaign_targeting; `make ui UI_PORT=8081` for another port
+UI_PORT ?= 8080
 ui: $(STAMP)
-	$(BIN)/airflow-campaign ui
+	$(BIN)/airflow-campaign ui --port $(UI_PORT)
 
 # the browser tests drive Debian's chromium (playwright cannot download a browser here)
 browser:

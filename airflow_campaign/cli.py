@@ -178,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from airflow_campaign.ui.serve import serve
 
-    return serve(workdir=args.workdir, port=args.port)
+    return serve(workdir=args.workdir, port=args.port, profiles=args.profiles)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -248,10 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     ui = sub.add_parser(
-        "ui", help="start Airflow with the Campaigns pages on the demo's data (Ctrl-C stops it)"
+        "ui",
+        help="start Airflow with the Campaigns pages on the demo's data (Ctrl-C stops it)",
+        description="Start the embedded Postgres in WORKDIR/pg (preparing the demo's data when it holds no "
+        "delivery), then Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer with "
+        "their metadata in database airflow_ui on that server; print the URL and a login, and make sure "
+        "Airflow holds a successful run of campaign_targeting (re-used from an earlier start, else "
+        "triggered). Ctrl-C stops every process it started.",
     )
-    ui.add_argument("--port", type=int, default=8080)
-    ui.add_argument("--workdir", default=".campaign")
+    ui.add_argument(
+        "--port", type=int, default=8080, help="the api-server's port on 127.0.0.1 (default 8080)"
+    )
+    ui.add_argument("--workdir", default=".campaign", help="where the server, Airflow and the outbox live")
+    ui.add_argument(
+        "--profiles",
+        type=int,
+        default=100_000,
+        help="profiles to seed when the campaign database holds no delivery yet (default 100000)",
+    )
     ui.set_defaults(func=cmd_ui)
 
     dev = sub.add_parser(

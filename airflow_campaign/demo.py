@@ -220,8 +220,18 @@ def record_inputs(conn: Any, signups: Path) -> None:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("campaign_demo", table)))
 
 
-def airflow_env(workdir: Path, url: str) -> dict[str, str]:
-    """Environment for an Airflow on SQLite in ``workdir/airflow`` using the embedded server."""
+# where the demo email's links point: the public pages of `make ui` (one-click unsubscribe and
+# "View in your browser"); `make ui` sets it to its own port, `make demo` leaves the default
+PUBLIC_URL_ENV = "CAMPAIGN_DEMO_PUBLIC_URL"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080/campaign/public"
+
+
+def airflow_env(workdir: Path, url: str, public_url: str | None = None) -> dict[str, str]:
+    """Environment for an Airflow on SQLite in ``workdir/airflow`` using the embedded server.
+
+    ``public_url`` is the base of the demo email's links (``<it>/unsubscribe``, ``<it>/mirror``):
+    default ``$CAMPAIGN_DEMO_PUBLIC_URL``, else ``make ui``'s on its default port.
+    """
     import json
 
     from airflow_campaign.embedded import connection_fields
@@ -236,6 +246,7 @@ def airflow_env(workdir: Path, url: str) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path("dags_examples").resolve()),
         "AIRFLOW_CONN_CAMPAIGN_DEFAULT": json.dumps(connection_fields(url)),
         "CAMPAIGN_DEMO_DIR": str(workdir),
+        PUBLIC_URL_ENV: (public_url or os.environ.get(PUBLIC_URL_ENV) or DEFAULT_PUBLIC_URL).rstrip("/"),
         # deliveries that name no channel use the outbox here; a production deployment names its own
         "AIRFLOW__CAMPAIGN__DEFAULT_CHANNEL": "outbox",
         # the demo's own key for signing unsubscribe links (create a secret one in production)
@@ -628,20 +639,16 @@ def clear_outputs(work: Path) -> int:
     return len(old)
 
 
-def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
-    """Start the embedded server, create and seed the schema, run the demo DAG, print the report."""
+def prepare(work: Path, url: str, profiles: int) -> dict[str, int]:
+    """The demo's data before a run, on the server at ``url``: the campaign schema, ``profiles``
+    seeded profiles (a previous demo's history replaced), the sign-up file and the inputs the
+    checks read; the sign-up file's row counts. ``make demo`` and a first ``make ui`` start here."""
     import psycopg
 
-    from airflow_campaign import embedded
     from airflow_campaign.schema import migrate
     from airflow_campaign.seed import history, seed
 
-    work = Path(workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    server = embedded.start(work / "pg")
-    print(f"embedded Postgres: {server.url}")
-    with psycopg.connect(server.url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         migrate.upgrade(conn)
         print(f"campaign schema at version {migrate.current_version(conn)}")
         t = time.monotonic()
@@ -655,9 +662,24 @@ def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
                 "replaced the previous demo's history: "
                 + "; ".join(f"{what}: {n}" for what, n in replaced.items())
             )
-        print(f"seeded {counts['profiles']} profiles in {time.monotonic() - t:.1f}s")
+        print(f"seeded {counts['profiles']} profiles in {time.monotonic() - t:.1f}s", flush=True)
         signups = write_signups(conn, work / "in" / "store_signups.csv")
         record_inputs(conn, work / "in" / "store_signups.csv")
+    return signups
+
+
+def run_demo(profiles: int = 100_000, workdir: str = ".campaign") -> int:
+    """Start the embedded server, create and seed the schema, run the demo DAG, print the report."""
+    import psycopg
+
+    from airflow_campaign import embedded
+
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    server = embedded.start(work / "pg")
+    print(f"embedded Postgres: {server.url}")
+    signups = prepare(work, server.url, profiles)
     env = airflow_env(work, server.url)
     os.environ.update(env)
     print("preparing Airflow's metadata database (SQLite) ...")

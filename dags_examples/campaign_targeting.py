@@ -4,7 +4,10 @@ points of store sign-ups and subscribe them to the promotions service; finally e
 notify the gold segment (through the outbox: one .eml file per email, one .json file per SMS and
 per device) and report who got it and why not.
 
-Runs on the seeded demo data (``airflow-campaign seed``): `make demo` runs it with ``dag.test()``.
+Runs on the seeded demo data (``airflow-campaign seed``): `make demo` runs it with ``dag.test()``,
+`make ui` in its own Airflow (scheduler, LocalExecutor). The email's links (unsubscribe, "View in
+your browser") go to the public pages of `make ui` (``$CAMPAIGN_DEMO_PUBLIC_URL``, which `make ui`
+sets to its own port).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ EXTRACTS = os.path.join(DEMO_DIR, "out")
 OUTBOX = os.path.join(DEMO_DIR, "outbox")
 SMS_OUTBOX = os.path.join(DEMO_DIR, "outbox_sms")
 PUSH_OUTBOX = os.path.join(DEMO_DIR, "outbox_push")
+# the Campaigns plugin's public pages (one-click unsubscribe, the mirror page) under `make ui`
+PUBLIC_URL = os.environ.get("CAMPAIGN_DEMO_PUBLIC_URL", "http://127.0.0.1:8080/campaign/public").rstrip("/")
 
 with DAG(
     dag_id="campaign_targeting",
@@ -111,7 +116,8 @@ with DAG(
     gold_file = ExtractFileOperator(
         task_id="gold_file",
         population=segments.output["gold"],
-        path="{{ params.extract_dir }}/gold_customers_{{ ds_nodash }}.csv",
+        # run_after, not ds_nodash: a run triggered with no logical date has none
+        path="{{ params.extract_dir }}/gold_customers_{{ dag_run.run_after | ds_nodash }}.csv",
         columns=["id", "email", "locale", "loyalty_points"],
         sort=["id"],
         timestamp_in_name=False,
@@ -138,13 +144,15 @@ with DAG(
         service="newsletter",
         subject="{{ first_name }}, thank you for being a gold member",
         html=(
+            '<p><a href="{{ mirror_url }}">View in your browser</a></p>'
             "<p>Dear {{ first_name }},</p>"
             "<p>You have {{ loyalty_points }} points: here is 10% off your next visit.</p>"
             '<p><a href="{{ unsubscribe_url }}">Unsubscribe from the newsletter</a></p>'
         ),
         from_addr="news@shop.example.com",
         from_name="Example Shop",
-        unsubscribe_url="https://shop.example.com/unsubscribe",
+        unsubscribe_url=f"{PUBLIC_URL}/unsubscribe",
+        mirror_url=f"{PUBLIC_URL}/mirror",
         channel="outbox",
         channel_options={"folder": OUTBOX},
     )

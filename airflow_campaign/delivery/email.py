@@ -69,7 +69,8 @@ class EmailComposer:
                 "recipient": to,
                 "delivery": self.delivery,
                 "unsubscribe_url": unsubscribe or "",
-                "mirror_url": (signer.mirror_url(recipient) if signer else None) or "",
+                # the mirror link names the ledger row: one message, which the mirror page renders again
+                "mirror_url": (signer.mirror_url(str(log_id)) if signer else None) or "",
             }
             try:
                 subject, html, text = render(context)

@@ -10,6 +10,7 @@ import psycopg
 import psycopg.rows
 from airflow.sdk.exceptions import AirflowSkipException
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from airflow_campaign import options as opt
 from airflow_campaign.delivery import engine, sender
@@ -229,6 +230,11 @@ class DeliveryOperator(CampaignBaseOperator):
     def settings(self) -> dict[str, Any]:
         return {}
 
+    def occurrence_content(self) -> dict[str, Any] | None:
+        """What each occurrence keeps of its content (``delivery_occurrences.content``): the
+        email's templates when it has a mirror page, which renders them again. None: nothing."""
+        return None
+
     def proofs(self, conn: psycopg.Connection, targets: str, context: Any) -> dict[str, Any] | None:
         return None
 
@@ -348,6 +354,12 @@ class DeliveryOperator(CampaignBaseOperator):
                 self.require_schema(conn)
                 delivery_id, service_id = engine.ensure_delivery(conn, spec)
                 occurrence_id = engine.ensure_occurrence(conn, delivery_id, info)
+                content = self.occurrence_content()
+                if content is not None:
+                    conn.execute(
+                        "UPDATE campaign.delivery_occurrences SET content = %s WHERE id = %s",
+                        (Jsonb(content), occurrence_id),
+                    )
                 if self.mode == "send":
                     targets, pop = self._prepared(conn, occurrence_id, spec.name, info)
                 else:
@@ -752,6 +764,22 @@ class EmailDeliveryOperator(DeliveryOperator):
 
     def settings(self) -> dict[str, Any]:
         return {"subject": self.subject, "from": self.from_addr, "channel": self.channel}
+
+    def occurrence_content(self) -> dict[str, Any] | None:
+        if not self.mirror_url:
+            return None
+        return {
+            "subject": self.subject,
+            "from_addr": self.from_addr,
+            "html": self.html,
+            "text": self.text,
+            "from_name": self.from_name,
+            "reply_to": self.reply_to,
+            "marketing": self.marketing,
+            "unsubscribe_url": self.unsubscribe_url,
+            "service": self.service,
+            "mirror_url": self.mirror_url,
+        }
 
     def default_typology(self) -> Typology:
         return email_typology(once_per_period=self.once_per_period)

@@ -163,7 +163,8 @@ def _listed(conn: psycopg.Connection, user: Any, page_: int) -> list[dict[str, A
     rows = data.deliveries(conn, readable_dags(user), page_)
     summaries = schedules({r["dag_id"] for r in rows if r["dag_id"]})
     for row in rows:
-        row["schedule"] = summaries.get(row["dag_id"], "")
+        summary = summaries.get(row["dag_id"], "")
+        row["schedule"] = "none (triggered)" if summary == "None" else summary  # schedule=None
     return rows
 
 
@@ -182,7 +183,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Campaigns", docs_url=None, redoc_url=None, openapi_url=None)
     from airflow.configuration import conf
 
-    limiter = public.RateLimiter(conf.getint("campaign", "public_rate_limit", fallback=public.RATE))
+    rate = conf.getint("campaign", "public_rate_limit", fallback=public.RATE)
+    limiter, mirror_limiter = public.RateLimiter(rate), public.RateLimiter(rate)  # one budget per page
 
     @app.get("/static/{name}")
     def static(name: str) -> Response:
@@ -257,10 +259,12 @@ def create_app() -> FastAPI:
 
     @app.get("/report")
     def report(
-        user: User, conn: Conn, dag_id: str, task_id: str, run_id: str | None = None, map_index: int = -1
+        user: User, conn: Conn, dag_id: str, task_id: str, run_id: str | None = None, map_index: str = "-1"
     ) -> Response:
-        """Where a task instance's "Delivery report" and the operator's extra link land."""
+        """Where a task instance's "Delivery report" and the operator's extra link land. The Airflow
+        UI leaves ``{MAP_INDEX}`` as it is for a task that is not mapped: any non-number is -1."""
         _require_read(user, dag_id)
+        index = int(map_index) if map_index.isascii() and map_index.isdigit() and len(map_index) < 10 else -1
         found = data.delivery_by_task(conn, dag_id, task_id)
         if not found:
             raise HTTPException(
@@ -268,7 +272,7 @@ def create_app() -> FastAPI:
             )
         chosen = found[0]
         for d in found:  # a mapped delivery is named <dag>.<task>[<map index>]
-            if map_index >= 0 and d["name"].endswith(f"[{map_index}]"):
+            if index >= 0 and d["name"].endswith(f"[{index}]"):
                 chosen = d
         query: dict[str, Any] = {}
         if run_id:
@@ -411,7 +415,9 @@ def create_app() -> FastAPI:
         if not link.valid:
             return HTMLResponse(public.INVALID_PAGE, status_code=400)
         if request.method == "GET":
-            return HTMLResponse(public.CONFIRM_PAGE.replace("{what}", public.confirm_text(link)))
+            with _connect() as conn:
+                label = public.service_label(conn, link.service)
+            return HTMLResponse(public.CONFIRM_PAGE.replace("{what}", public.confirm_text(link, label)))
         form = (await request.body())[:1000].decode("utf-8", "replace")
         origin = "one-click" if "List-Unsubscribe=One-Click" in form else "confirm page"
         with _connect() as conn:
@@ -419,5 +425,24 @@ def create_app() -> FastAPI:
         if origin == "one-click":
             return Response(status_code=200)
         return HTMLResponse(public.DONE_PAGE)
+
+    # -- public: the mirror page
+
+    @app.get("/public/mirror")
+    def mirror(request: Request) -> Response:
+        if not mirror_limiter.allow(public.client_of(request)):
+            return HTMLResponse("Too many requests.", status_code=429, headers={"Retry-After": "60"})
+        query = request.url.query
+        keys = _keys()
+        link = public.check(query, keys, "mirror")
+        if link.reason == "expired":
+            return HTMLResponse(public.GONE_PAGE, status_code=410, headers=public.MIRROR_HEADERS)
+        if not link.valid or keys is None:
+            return HTMLResponse(public.INVALID_PAGE, status_code=400, headers=public.MIRROR_HEADERS)
+        with _connect() as conn:
+            html = public.mirror(conn, link, keys, query)
+        if html is None:
+            return HTMLResponse(public.GONE_PAGE, status_code=410, headers=public.MIRROR_HEADERS)
+        return HTMLResponse(html, headers=public.MIRROR_HEADERS)
 
     return app

@@ -25,6 +25,7 @@ from tests.airflow_cluster import AirflowCluster
 
 KEY = "ui-test-unsubscribe-signing-key-0123456789"
 PUBLIC_BASE = "http://127.0.0.1/campaign/public/unsubscribe"
+MIRROR_BASE = "http://127.0.0.1/campaign/public/mirror"
 USERS = {
     "admin": ("admin", "admin-pw"),
     "viewer": ("viewer", "viewer-pw"),
@@ -59,13 +60,16 @@ def _deliver(conn_id: str, dag_id: str, run_id: str, where: str, folder: Path, s
     pop = QueryOperator(
         task_id="targets", campaign_conn_id=conn_id, where=where, columns=["first_name"]
     ).execute(ctx("targets"))
+    mirror = service is not None  # the newsletter has a mirror page, the other delivery none
     EmailDeliveryOperator(
         task_id="newsletter",
         population=pop,
         subject="Hello {{ first_name }}",
         from_addr="news@shop.example",
-        html='<p>Hi</p><a href="{{ unsubscribe_url }}">unsubscribe</a>',
+        html=('<p><a href="{{ mirror_url }}">View in your browser</a></p>' if mirror else "")
+        + '<p>Hi {{ first_name }}</p><a href="{{ unsubscribe_url }}">unsubscribe</a>',
         unsubscribe_url=PUBLIC_BASE,
+        mirror_url=MIRROR_BASE if mirror else None,
         service=service,
         channel="outbox",
         channel_options={"folder": str(folder)},
@@ -90,12 +94,17 @@ def campaign(
     mp.setenv("AIRFLOW_CONN_CAMPAIGN_UI", json.dumps(connection_fields(url)))
     mp.setenv("AIRFLOW_VAR_CAMPAIGN_UNSUBSCRIBE_KEY", KEY)
     outbox = tmp_path_factory.mktemp("outbox")
-    _deliver("campaign_ui", DAGS[0], "manual__1", "id <= 150", outbox, "newsletter")
-    _deliver("campaign_ui", DAGS[0], "manual__2", "id <= 220", outbox, "newsletter")
-    _deliver("campaign_ui", DAGS[1], "manual__1", "id <= 80", outbox, None)
+    _deliver("campaign_ui", DAGS[0], "manual__1", "id <= 150", outbox / "1", "newsletter")
+    _deliver("campaign_ui", DAGS[0], "manual__2", "id <= 220", outbox / "2", "newsletter")
+    _deliver("campaign_ui", DAGS[1], "manual__1", "id <= 80", outbox / "private", None)
     mp.undo()
     with psycopg.connect(url, autocommit=True) as db:
-        yield SimpleNamespace(url=url, db=db)
+        yield SimpleNamespace(
+            url=url,
+            db=db,
+            outbox=outbox,
+            env={"AIRFLOW_CONN_CAMPAIGN_UI": json.dumps(connection_fields(url))},
+        )
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -167,7 +176,7 @@ def test_lists_are_filtered_to_the_dags_the_user_may_read(airflow, campaign):
     listed = get(airflow, "/api/deliveries", "viewer").json()
     assert {d["dag_id"] for d in listed} == set(DAGS)
     # each with its DAG's schedule, read from Airflow's metadata
-    assert {d["dag_id"]: d["schedule"] for d in listed} == {DAGS[0]: "0 0 * * *", DAGS[1]: "None"}
+    assert {d["dag_id"]: d["schedule"] for d in listed} == {DAGS[0]: "0 0 * * *", DAGS[1]: "none (triggered)"}
     outsider = get(airflow, "/api/deliveries", "outsider").json()
     assert {d["dag_id"] for d in outsider} == {DAGS[0]}
     page = get(airflow, "/deliveries", "outsider").text
@@ -265,6 +274,146 @@ def _link(delivery: str, recipient: str, service: str | None) -> str:
     return LinkSigner(KEY.encode(), delivery, PUBLIC_BASE, service=service).unsubscribe_url(recipient)
 
 
+def _message(path: Path) -> Any:
+    import email
+    import email.policy
+
+    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+
+
+def _public(airflow: Any, url: str) -> str:
+    """A link of a message, sent to this cluster's api-server."""
+    return url.replace("http://127.0.0.1/campaign/", f"{airflow.api_url}/campaign/", 1)
+
+
+def test_a_sent_email_s_mirror_page_and_unsubscribe_link(airflow, campaign, monkeypatch):
+    """The links of a message the delivery operator wrote: its mirror page shows that message to
+    its recipient, forged or foreign links get 4xx, and its List-Unsubscribe URL, POSTed as a
+    mailbox provider does (RFC 8058), ends the subscription so the next preparation excludes it."""
+    from airflow_campaign.delivery.unsubscribe import mirror_url, verify_link
+
+    db = campaign.db
+    messages = sorted((campaign.outbox / "2").glob("*.eml"), key=lambda p: int(p.stem))
+    assert len(messages) > 100
+    msg = _message(messages[-1])
+    to = str(msg["To"])
+    profile, first_name = db.execute(
+        "SELECT id, first_name FROM campaign.profiles WHERE email = %s", (to,)
+    ).fetchone()
+    html = msg.get_body(("html",)).get_content()
+    link = re.search(r'href="(http://127.0.0.1/campaign/public/mirror\?[^"]+)"', html).group(1)
+    link = link.replace("&amp;", "&")
+
+    page = httpx.get(_public(airflow, link))
+    assert page.status_code == 200, page.text
+    assert f"<p>Hi {first_name}</p>" in page.text and "View in your browser" in page.text
+    assert (
+        "sandbox" in page.headers["content-security-policy"] and "no-store" in page.headers["cache-control"]
+    )
+    # the page's unsubscribe link is this recipient's own, for the newsletter
+    shown = re.search(r'href="(http://127.0.0.1/campaign/public/unsubscribe\?[^"]+)"', page.text).group(1)
+    check = verify_link(shown.replace("&amp;", "&"), KEY)
+    assert check.valid and check.recipient_key == str(profile) and check.service == "newsletter"
+
+    # another message's page is that recipient's: the link names one message
+    other = _message(messages[0])
+    other_link = re.search(
+        r'href="(http://127.0.0.1/campaign/public/mirror\?[^"]+)"', other.get_body(("html",)).get_content()
+    )
+    other_page = httpx.get(_public(airflow, other_link.group(1).replace("&amp;", "&")))
+    other_name = db.execute(
+        "SELECT first_name FROM campaign.profiles WHERE email = %s", (str(other["To"]),)
+    ).fetchone()[0]
+    assert other_page.status_code == 200 and f"<p>Hi {other_name}</p>" in other_page.text
+
+    delivery = db.execute("SELECT name FROM campaign.deliveries WHERE dag_id = %s", (DAGS[0],)).fetchone()[0]
+    private = db.execute("SELECT name FROM campaign.deliveries WHERE dag_id = %s", (DAGS[1],)).fetchone()[0]
+    log_id = messages[-1].stem
+    base = f"{airflow.api_url}/campaign/public/mirror"
+    forged = link.replace(f"r={log_id}", f"r={int(log_id) - 1}")
+    never_sent = db.execute(
+        "SELECT l.id FROM campaign.delivery_logs l JOIN campaign.deliveries d ON d.id = l.delivery_id"
+        " WHERE d.name = %s AND l.status = 'excluded' LIMIT 1",
+        (delivery,),
+    ).fetchone()[0]
+    answers = {
+        "forged": httpx.get(_public(airflow, forged)).status_code,
+        "truncated": httpx.get(_public(airflow, link.rsplit("&t=", 1)[0])).status_code,
+        "unsubscribe purpose": httpx.get(
+            _public(airflow, shown.replace("&amp;", "&").replace("/unsubscribe", "/mirror"))
+        ).status_code,
+        "expired": httpx.get(mirror_url(base, KEY, delivery, log_id, ttl=1, now=1_000_000)).status_code,
+        "no such row": httpx.get(mirror_url(base, KEY, delivery, "987654321")).status_code,
+        "not sent": httpx.get(mirror_url(base, KEY, delivery, str(never_sent))).status_code,
+        "another delivery": httpx.get(mirror_url(base, KEY, private, log_id)).status_code,
+    }
+    assert answers == {
+        "forged": 400,
+        "truncated": 400,
+        "unsubscribe purpose": 400,
+        "expired": 410,
+        "no such row": 410,
+        "not sent": 410,
+        "another delivery": 410,
+    }
+    # once housekeeping drops the occurrence's population, the message cannot be shown: 410
+    first = sorted((campaign.outbox / "1").glob("*.eml"), key=lambda p: int(p.stem))[0]
+    first_link = (
+        re.search(
+            r'href="(http://127.0.0.1/campaign/public/mirror\?[^"]+)"',
+            _message(first).get_body(("html",)).get_content(),
+        )
+        .group(1)
+        .replace("&amp;", "&")
+    )
+    assert httpx.get(_public(airflow, first_link)).status_code == 200
+    targets = db.execute(
+        "SELECT o.targets_table FROM campaign.delivery_logs l JOIN campaign.delivery_occurrences o"
+        " ON o.id = l.occurrence_id WHERE l.id = %s",
+        (int(first.stem),),
+    ).fetchone()[0]
+    db.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(*targets.split(".", 1))))
+    gone = httpx.get(_public(airflow, first_link))
+    assert (
+        gone.status_code == 410 and gone.text == httpx.get(mirror_url(base, KEY, delivery, "987654321")).text
+    )
+
+    # the message's List-Unsubscribe URL, POSTed one-click: the subscription ends
+    unsubscribe = re.search(r"<(http://[^>]+)>", str(msg["List-Unsubscribe"])).group(1)
+    assert msg["List-Unsubscribe-Post"] is None  # RFC 8058's one-click header needs an https link
+
+    def subscribed() -> bool:
+        return db.execute(
+            "SELECT EXISTS (SELECT 1 FROM campaign.subscriptions s JOIN campaign.services v ON v.id = s.service_id"
+            " WHERE v.name = 'newsletter' AND s.profile_id = %s)",
+            (profile,),
+        ).fetchone()[0]
+
+    assert subscribed()
+    posted = httpx.post(
+        _public(airflow, unsubscribe),
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert posted.status_code == 200 and posted.content == b"" and not subscribed()
+    # the next preparation excludes the profile, and sends to the others as before
+    monkeypatch.setenv("AIRFLOW_VAR_CAMPAIGN_UNSUBSCRIBE_KEY", KEY)
+    for name, value in campaign.env.items():
+        monkeypatch.setenv(name, value)
+    _deliver("campaign_ui", DAGS[0], "manual__3", "id <= 220", campaign.outbox / "3", "newsletter")
+    ledger = dict(
+        db.execute(
+            "SELECT l.recipient_key, coalesce(l.exclusion_reason, l.status) FROM campaign.delivery_logs l"
+            " JOIN campaign.delivery_occurrences o ON o.id = l.occurrence_id"
+            " JOIN campaign.deliveries d ON d.id = l.delivery_id WHERE d.name = %s AND o.run_id = %s",
+            (delivery, "manual__3"),
+        ).fetchall()
+    )
+    assert ledger[str(profile)] == "not subscribed"
+    sent_to = {str(_message(p)["To"]) for p in (campaign.outbox / "3").glob("*.eml")}
+    assert to not in sent_to and len(sent_to) == sum(1 for v in ledger.values() if v == "sent")
+
+
 def test_the_public_unsubscribe_endpoint(airflow, campaign):
     db = campaign.db
     delivery = db.execute("SELECT name FROM campaign.deliveries WHERE dag_id = %s", (DAGS[0],)).fetchone()[0]
@@ -274,6 +423,9 @@ def test_the_public_unsubscribe_endpoint(airflow, campaign):
     ).fetchone()[0]
     link = _link(delivery, str(subscribed), "newsletter")
     query = link.split("?", 1)[1]
+    events_before = db.execute(
+        "SELECT count(*) FROM campaign.ui_events WHERE kind = 'unsubscribe'"
+    ).fetchone()[0]
     endpoint = f"{airflow.api_url}/campaign/public/unsubscribe?{query}"
 
     def subscriptions() -> int:
@@ -286,6 +438,10 @@ def test_the_public_unsubscribe_endpoint(airflow, campaign):
     # GET: a confirm page whose form posts to the same URL; nothing changes
     page = httpx.get(endpoint)
     assert page.status_code == 200 and '<form method="post">' in page.text and subscriptions() == 1
+    label = db.execute(
+        "SELECT coalesce(label, name) FROM campaign.services WHERE name = 'newsletter'"
+    ).fetchone()[0]
+    assert f"Stop receiving messages from {label}?" in page.text  # the service as people know it
     # forged, malformed: 400 and nothing changes
     forged = endpoint.replace(f"r={subscribed}", f"r={subscribed + 1}")
     for bad in (
@@ -299,7 +455,7 @@ def test_the_public_unsubscribe_endpoint(airflow, campaign):
     assert (
         subscriptions() == 1
         and db.execute("SELECT count(*) FROM campaign.ui_events WHERE kind = 'unsubscribe'").fetchone()[0]
-        == 0
+        == events_before
     )
     # RFC 8058 one-click POST: unsubscribed, no page, the event recorded with its origin
     one_click = httpx.post(
@@ -394,4 +550,38 @@ def test_a_real_browser_sees_the_ledger_numbers(airflow, campaign):
         frame.locator("h1").wait_for(timeout=30000)
         assert re.sub(r"\s+", " ", frame.locator("h1").inner_text()) == "Deliveries"
         page.screenshot(path=str(SCREENSHOTS / "ui-in-airflow.png"))
+
+        # a DAG run's "Campaign" tab and a task instance's "Delivery report" tab, on a run Airflow knows
+        admin = {"Authorization": f"Bearer {token(airflow, 'admin')}"}
+        made = httpx.post(
+            f"{airflow.api_url}/api/v2/dags/{DAGS[0]}/dagRuns",
+            json={"dag_run_id": "manual__2", "logical_date": None},
+            headers=admin,
+        )
+        assert made.status_code in (200, 409), made.text
+        run = campaign.db.execute(
+            "SELECT o.id FROM campaign.delivery_occurrences o WHERE o.delivery_id = %s AND o.run_id = 'manual__2'",
+            (ids[DAGS[0]],),
+        ).fetchone()[0]
+        run_sent = campaign.db.execute(
+            "SELECT count(*) FROM campaign.delivery_logs WHERE occurrence_id = %s AND status = 'sent'", (run,)
+        ).fetchone()[0]
+        page.goto(f"{airflow.api_url}/dags/{DAGS[0]}/runs/manual__2/plugin/campaign-run")
+        frame = page.frame_locator("iframe").first
+        frame.locator("h1").wait_for(timeout=30000)
+        assert f"{DAGS[0]}.newsletter" in frame.locator("table").first.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "ui-run-tab.png"))
+        page.goto(f"{airflow.api_url}/dags/{DAGS[0]}/runs/manual__2/tasks/newsletter/plugin/delivery-report")
+        frame = page.frame_locator("iframe").first
+        frame.locator("#funnel td[data-count='sent']").wait_for(timeout=30000)
+        assert int(frame.locator("#funnel td[data-count='sent']").inner_text().replace(",", "")) == run_sent
+        page.screenshot(path=str(SCREENSHOTS / "ui-task-tab.png"))
+        # its "DAG run" link opens the run in the Airflow UI itself, not a UI inside the frame
+        frame.get_by_role("link", name="DAG run").click()
+        page.wait_for_url(f"**/dags/{DAGS[0]}/runs/manual__2", timeout=30000)
+        page.locator("iframe").wait_for(
+            state="detached", timeout=30000
+        )  # the run's own page, framed by nothing
+        page.get_by_text("Task Instances", exact=True).first.wait_for(timeout=30000)
+        assert len(page.frames) == 1
         browser.close()
