@@ -56,15 +56,20 @@ def deliveries(conn: psycopg.Connection, dag_ids: Iterable[str], page: int = 0) 
     return rows
 
 
-def trend(conn: psycopg.Connection, delivery_id: int, limit: int = 30) -> list[dict[str, Any]]:
-    """The last occurrences' sent counts, oldest first (the list's sparkline)."""
+def trends(conn: psycopg.Connection, delivery_ids: list[int], limit: int = 30) -> dict[int, list[int]]:
+    """Each delivery's last occurrences' sent counts, oldest first, in one query (the list's
+    sparklines): an index range of ``(delivery_id, id)`` per delivery."""
+    found: dict[int, list[int]] = {i: [] for i in delivery_ids}
     rows = _rows(
         conn,
-        "SELECT id, coalesce(data_interval_end, started_at, created_at) AS at, counts FROM"
-        " campaign.delivery_occurrences WHERE delivery_id = %s ORDER BY id DESC LIMIT %s",
-        (delivery_id, limit),
+        "SELECT d.id AS delivery_id, o.counts FROM unnest(%s::int[]) AS d(id) CROSS JOIN LATERAL"
+        " (SELECT id, counts FROM campaign.delivery_occurrences WHERE delivery_id = d.id ORDER BY id DESC"
+        " LIMIT %s) o ORDER BY d.id, o.id",
+        (list(delivery_ids), limit),
     )
-    return [{"at": r["at"], **funnel(r["counts"])} for r in reversed(rows)]
+    for r in rows:
+        found[r["delivery_id"]].append(funnel(r["counts"])["sent"])
+    return found
 
 
 def delivery(conn: psycopg.Connection, delivery_id: int) -> dict[str, Any] | None:
