@@ -19,6 +19,7 @@ gets the same 410 page, so the page never tells which.
 from __future__ import annotations
 
 import functools
+import html as markup
 import json
 import logging
 import threading
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg.rows
 
-from airflow_campaign.delivery.unsubscribe import KeyRing, LinkCheck, LinkSigner, verify_link
+from airflow_campaign.delivery.unsubscribe import KeyRing, LinkCheck, LinkSigner, Purpose, verify_link
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,12 @@ class RateLimiter:
             return allowed
 
 
-def check(query: str, keys: KeyRing | None, purpose: str = "unsubscribe") -> LinkCheck:
-    return verify_link(query, keys, "mirror" if purpose == "mirror" else "unsubscribe")
+def check(query: str, keys: KeyRing | None, purpose: Purpose = "unsubscribe") -> LinkCheck:
+    return verify_link(query, keys, purpose)
 
 
-def _ledger_id(key: str) -> int | None:
+def _integer(key: str) -> int | None:
+    """A link's key as a bigint (a profile id, a ledger row), or None when it is not one."""
     return int(key) if key.isascii() and key.isdigit() and len(key) < 19 else None
 
 
@@ -98,7 +100,7 @@ def mirror(conn: psycopg.Connection, link: LinkCheck, keys: KeyRing, query: str)
     from airflow_campaign.hooks.campaign import qualified
 
     assert link.valid and link.delivery is not None and link.recipient_key is not None
-    log_id = _ledger_id(link.recipient_key)
+    log_id = _integer(link.recipient_key)
     if log_id is None:
         return None
     found = conn.execute(
@@ -147,8 +149,6 @@ def mirror(conn: psycopg.Connection, link: LinkCheck, keys: KeyRing, query: str)
         return None
     if html is not None:
         return html
-    import html as markup
-
     return MIRROR_TEXT_PAGE.format(subject=markup.escape(subject), text=markup.escape(text))
 
 
@@ -164,8 +164,8 @@ def unsubscribe(conn: psycopg.Connection, link: LinkCheck, origin: str, client: 
     ).fetchone()
     channel = found[0] if found else None
     dag_id = found[1] if found else None
-    if key.isascii() and key.isdigit() and len(key) < 19:
-        profile = int(key)
+    profile = _integer(key)
+    if profile is not None:
         if link.service:
             gone = conn.execute(
                 "WITH s AS (SELECT id FROM campaign.services WHERE name = %(service)s),"
@@ -243,10 +243,8 @@ GONE_PAGE = """<!doctype html>
 
 def confirm_text(link: LinkCheck, label: str | None = None) -> str:
     """The confirm page's question, naming the service by its label (else its name)."""
-    import html
-
     if link.service:
-        return f"Stop receiving messages from {html.escape(label or link.service)}?"
+        return f"Stop receiving messages from {markup.escape(label or link.service)}?"
     return "Stop receiving these messages?"
 
 

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import httpx
 import psutil
 import pytest
 
+from airflow_campaign.ui.serve import _port_free
 from tests.airflow_cluster import clean_environment, free_port
 
 REPO = Path(__file__).parents[2]
@@ -69,16 +69,6 @@ def _family(proc: subprocess.Popen[bytes], work: Path) -> set[psutil.Process]:
         parent = psutil.Process(proc.pid)
         found |= {parent, *parent.children(recursive=True)}
     return found
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.timeout(420)
