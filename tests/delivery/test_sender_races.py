@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from airflow_campaign.channels.base import Envelope, Result
-from airflow_campaign.delivery.sender import Claimer, LedgerGate, PageClaims, register, settle
+from airflow_campaign.delivery.sender import Claimer, LedgerGate, PageClaims, register, settle, write_results
 from airflow_campaign.operators.deliveries import EmailDeliveryOperator
 from airflow_campaign.operators.targeting import QueryOperator
 from tests.channels.servers import Inbox
@@ -383,3 +383,52 @@ def test_a_lost_ledger_connection_leaves_no_row_sending(scratch, make_people, sm
     assert statuses(scratch.db)["sending"] == 0
     rows = dict(scratch.db.execute("SELECT address, status FROM campaign.delivery_logs").fetchall())
     assert {rows[m.rcpt_tos[0]] for m in inbox.messages} == {"sent"}
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _plan_nodes(child))]
+
+
+N_CLAIMED = 100_000
+
+
+def test_recording_results_reads_each_row_by_its_primary_key_however_many_rows_are_claimed(scratch):
+    """Recording 500 results must not read every claimed row of the occurrence: with 4 shards and
+    pages claimed ahead, a plan through the status index hashed thousands of rows per statement."""
+    from airflow_campaign.delivery.sender import WRITE_RESULTS
+
+    occurrence, ids = ledger(scratch.db, 0)
+    claimer = Claimer("race_dag/send/r/-1", 1)
+    conn = psycopg.connect(scratch.url, autocommit=True)
+    register(conn, occurrence, claimer)
+    scratch.db.execute(
+        "INSERT INTO campaign.delivery_logs (delivery_id, occurrence_id, run_key, recipient_key, channel, address,"
+        " status, claimed_by) SELECT o.delivery_id, o.id, 'k', g::text, 'email', 'r' || g || '@example.org',"
+        " 'pending', %s FROM campaign.delivery_occurrences o, generate_series(1, %s) g WHERE o.id = %s",
+        (claimer.token, N_CLAIMED, occurrence),
+    )
+    ids = [r[0] for r in scratch.db.execute("SELECT id FROM campaign.delivery_logs ORDER BY id")]
+    scratch.db.commit()
+    # the statistics of a freshly prepared occurrence (every row pending), as a send starts
+    scratch.db.execute("ANALYZE campaign.delivery_logs")
+    scratch.db.execute("UPDATE campaign.delivery_logs SET status = 'claimed'")
+    scratch.db.commit()
+    batch = ids[5_000:5_500]
+    params = {
+        "rid": batch,
+        "rst": ["sent"] * len(batch),
+        "rpid": [None] * len(batch),
+        "rerr": [None] * len(batch),
+        "mid": ids[6_000:6_008],
+        "who": claimer.token,
+    }
+    plan = scratch.db.execute("EXPLAIN (FORMAT JSON) " + WRITE_RESULTS, params).fetchone()[0][0]
+    nodes = [n for n in _plan_nodes(plan["Plan"]) if n.get("Relation Name") == "delivery_logs"]
+    scans = [n for n in nodes if n["Node Type"] != "ModifyTable"]
+    assert scans and all(n.get("Index Name") == "delivery_logs_pkey" for n in scans), scans
+    counts, marked = write_results(
+        conn, claimer.token, [(i, "sent", None, None) for i in batch], ids[6_000:6_008]
+    )
+    assert counts == Counter({"sent": 500}) and marked == set(ids[6_000:6_008])
+    assert statuses(scratch.db) == Counter({"claimed": N_CLAIMED - 508, "sent": 500, "sending": 8})
+    conn.close()
