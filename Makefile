@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_SCALE ?= 1000000
 
-.PHONY: demo ui test lint bench scale install clean browser
+.PHONY: demo ui test slow lint bench scale install clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# the tests marked slow (make ui end to end, the test cluster's own smoke test): not in make test
+slow: $(STAMP) browser
+	$(BIN)/pytest -q -p no:cacheprovider -m slow
 
 bench: $(STAMP)
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python -m benchmarks.run

@@ -60,6 +60,7 @@ DAG_FILE = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cluster's process handling is Linux's")
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_four_mapped_tasks_run_in_parallel(database_url: str, fresh_database: Any, tmp_path: Path) -> None:
     results_url = fresh_database()
