@@ -110,10 +110,10 @@ def by_period(conn: psycopg.Connection, delivery_id: int, limit: int = 366) -> l
         conn,
         "SELECT coalesce(period_key, to_char(coalesce(data_interval_end, started_at, created_at),"
         " 'YYYY-MM-DD HH24:MI')) AS period, min(coalesce(data_interval_end, started_at, created_at)) AS at,"
-        " sum(coalesce((counts->'by_status'->>'sent')::bigint, 0)) AS sent,"
-        " sum(coalesce((counts->'by_status'->>'failed')::bigint, 0)) AS failed,"
-        " sum(coalesce((counts->'by_status'->>'excluded')::bigint, 0)) AS excluded,"
-        " sum(coalesce((counts->'by_status'->>'simulated')::bigint, 0)) AS simulated"
+        " sum(coalesce((counts->'by_status'->>'sent')::bigint, 0))::bigint AS sent,"
+        " sum(coalesce((counts->'by_status'->>'failed')::bigint, 0))::bigint AS failed,"
+        " sum(coalesce((counts->'by_status'->>'excluded')::bigint, 0))::bigint AS excluded,"
+        " sum(coalesce((counts->'by_status'->>'simulated')::bigint, 0))::bigint AS simulated"
         " FROM (SELECT * FROM campaign.delivery_occurrences WHERE delivery_id = %s ORDER BY id DESC LIMIT %s) o"
         " GROUP BY 1 ORDER BY 2",
         (delivery_id, limit),

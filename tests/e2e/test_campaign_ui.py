@@ -210,6 +210,10 @@ def test_the_report_counts_are_the_ledger_counts(airflow, campaign):
     )
     assert dict(last["funnel"]["reasons"]) == reasons
     assert len(body["periods"]) == 2
+    # each occurrence is its own period here, oldest first; counts are JSON numbers
+    assert body["periods"][-1]["sent"] == last["funnel"]["sent"] and isinstance(
+        body["periods"][-1]["sent"], int
+    )
     # the task instance's report lands on this delivery and this run's occurrence
     response = get(airflow, "/report?dag_id=campaign_ui_news&task_id=newsletter&run_id=manual__1", "viewer")
     assert response.status_code == 307
