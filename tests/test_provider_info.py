@@ -45,12 +45,12 @@ def modules(info: dict[str, Any], key: str) -> list[str]:
     return [m for entry in info.get(key, []) for m in entry["python-modules"]]
 
 
-def run_airflow(tmp_path: Path, *args: str, **env: str) -> str:
+def run_airflow(tmp_path: Path, *args: str) -> str:
     """Run the real ``airflow`` command in a fresh AIRFLOW_HOME; its stdout."""
     home = tmp_path / "airflow-home"
     home.mkdir(exist_ok=True)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__CAMPAIGN__")}
-    environ.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS="True", **env)
+    environ.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS="True")
     done = subprocess.run(
         [AIRFLOW, *args], env=environ, capture_output=True, text=True, timeout=120, check=False
     )
